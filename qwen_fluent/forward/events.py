@@ -9,7 +9,7 @@ whose ``entries`` is a list of :class:`Entry` tuples.
 from __future__ import annotations
 
 import enum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Union
 
 
 class Mode(str, enum.Enum):
@@ -99,7 +99,7 @@ class AuthFailed(NamedTuple):
     hostname: str
 
 
-Event = Message | SkippedMessage | Heartbeat | AuthSucceeded | AuthFailed
+Event = Union["Message", "SkippedMessage", "Heartbeat", "AuthSucceeded", "AuthFailed", "EndOfStream"]
 
 
 class _NeedData:
@@ -112,3 +112,8 @@ class _NeedData:
 
 
 NEED_DATA = _NeedData()
+
+
+class EndOfStream(NamedTuple):
+    """No more events will come: the peer closed its side after a whole message,
+    or the core closed the connection (after a failed handshake)."""

@@ -1,0 +1,219 @@
+"""The server side of one Forward connection, as a sans-IO state machine.
+
+Modelled on ``h11``: the object never touches a socket. The caller feeds it
+the bytes it read (:meth:`ForwardConnection.receive_data`), pulls events until
+it needs more (:meth:`ForwardConnection.next_event`), and writes whatever
+:meth:`ForwardConnection.data_to_send` and :meth:`ForwardConnection.ack` give
+back. That makes every case testable byte by byte, and keeps the asyncio
+server a thin shell.
+
+Typical use::
+
+    conn = ForwardConnection(auth=None, limits=Limits())
+    send(conn.data_to_send())            # the HELO, when auth is on
+    conn.receive_data(bytes_read)        # b"" means the peer closed
+    while True:
+        event = conn.next_event()        # raises ForwardError on bad input
+        if event is NEED_DATA or isinstance(event, EndOfStream):
+            break
+        if isinstance(event, Message):
+            consume(event)               # hand the records on ...
+            send(conn.ack(event))        # ... and only then acknowledge
+        send(conn.data_to_send())        # PONG after a PING
+
+An ack is built only on request, after the consumer has taken the records,
+so a message that was rejected (its decoding raised) or that the consumer
+failed to take is never acknowledged, and the client resends it.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from typing import Any, Callable
+
+import msgpack
+
+from .decode import decode_message, translate_msgpack_error, unpacker_options
+from .errors import (
+    ConnectionClosedError,
+    ForwardError,
+    MessageTooLarge,
+    TruncatedMessage,
+)
+from .events import (
+    NEED_DATA,
+    AuthFailed,
+    AuthSucceeded,
+    EndOfStream,
+    Event,
+    Heartbeat,
+    Message,
+    SkippedMessage,
+    _NeedData,
+)
+from .handshake import AuthConfig, ServerHandshake
+from .limits import Limits
+
+#: How much of the pending input is handed to msgpack at a time. Feeding in
+#: steps keeps msgpack's own buffer (and so memory) bounded however much the
+#: caller passes to receive_data in one call.
+_FEED_STEP = 256 * 1024
+
+
+class State(enum.Enum):
+    """Where a connection is: waiting for PING (auth on), open for data, or closed."""
+
+    AWAITING_PING = "awaiting_ping"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class ForwardConnection:
+    """The receiving side of one Forward connection (TCP, TLS or Unix socket)."""
+
+    def __init__(
+        self,
+        auth: AuthConfig | None = None,
+        limits: Limits | None = None,
+        *,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.limits = limits or Limits()
+        self._unpacker = msgpack.Unpacker(
+            max_buffer_size=self.limits.max_message_bytes + _FEED_STEP,
+            **unpacker_options(self.limits),
+        )
+        self._pending = bytearray()  # received, not yet fed to msgpack
+        self._fed = 0  # total bytes fed to msgpack
+        self._message_start = 0  # stream offset where the current message began
+        self._eof = False
+        self._out = bytearray()
+        self._handshake: ServerHandshake | None = None
+        self.peer_hostname = ""
+        self.peer_username = ""
+        if auth is not None:
+            self._handshake = ServerHandshake(auth, random_bytes(16), random_bytes(16))
+            self._out += self._handshake.helo()
+            self.state = State.AWAITING_PING
+        else:
+            self.state = State.OPEN
+
+    # -- input ---------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes read from the peer; ``b""`` means the peer closed its side."""
+        if self.state is State.CLOSED:
+            if data:
+                raise ConnectionClosedError("data received after the connection was closed")
+            return
+        if data:
+            if self._eof:
+                raise ConnectionClosedError("data received after end of stream")
+            self._pending += data
+        else:
+            self._eof = True
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received but not yet part of a whole message (0 between messages)."""
+        return self._fed - self._message_start + len(self._pending)
+
+    def next_event(self) -> Event | _NeedData:
+        """Return the next event, or :data:`NEED_DATA` if a whole message has not arrived.
+
+        Raises a :class:`~.errors.ForwardError` if the input breaks the
+        protocol or a limit; the connection is then closed and must not be used.
+        """
+        if self.state is State.CLOSED:
+            return EndOfStream()
+        try:
+            obj, nbytes = self._next_object()
+        except ForwardError:
+            self.state = State.CLOSED
+            raise
+        if obj is NEED_DATA:
+            return NEED_DATA
+        if obj is _END:
+            self.state = State.CLOSED
+            return EndOfStream()
+        try:
+            return self._dispatch(obj, nbytes)
+        except ForwardError:
+            self.state = State.CLOSED
+            raise
+
+    def _next_object(self) -> tuple[Any, int]:
+        unpacker = self._unpacker
+        limit = self.limits.max_message_bytes
+        while True:
+            try:
+                obj = unpacker.unpack()
+            except msgpack.OutOfData:
+                if self._fed - self._message_start > limit:
+                    raise MessageTooLarge(f"message is larger than {limit} bytes") from None
+                if self._pending:
+                    step = bytes(self._pending[:_FEED_STEP])
+                    del self._pending[:_FEED_STEP]
+                    unpacker.feed(step)
+                    self._fed += len(step)
+                    continue
+                if self._eof:
+                    if self._fed > self._message_start:
+                        raise TruncatedMessage(
+                            f"stream closed {self._fed - self._message_start} bytes into a message"
+                        ) from None
+                    return _END, 0
+                return NEED_DATA, 0
+            except Exception as exc:  # msgpack raises several unrelated types on bad input
+                raise translate_msgpack_error(exc) from None
+            end = unpacker.tell()
+            nbytes = end - self._message_start
+            self._message_start = end
+            if nbytes > limit:
+                raise MessageTooLarge(f"message of {nbytes} bytes is larger than {limit} bytes")
+            return obj, nbytes
+
+    def _dispatch(self, obj: Any, nbytes: int) -> Event:
+        if self.state is State.AWAITING_PING:
+            assert self._handshake is not None
+            result = self._handshake.check_ping(obj)
+            self._out += result.pong
+            if not result.ok:
+                self.state = State.CLOSED
+                return AuthFailed(result.reason, result.hostname)
+            self.state = State.OPEN
+            self.peer_hostname = result.hostname
+            self.peer_username = result.username
+            return AuthSucceeded(result.hostname, result.username)
+        if obj is None:
+            return Heartbeat(nbytes)
+        return decode_message(obj, nbytes, self.limits)
+
+    # -- output --------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Bytes the server owes the peer (HELO, PONG); empty when there are none."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def ack(self, message: Message | SkippedMessage) -> bytes:
+        """The ack for ``message``, to send once its records were taken; ``b""`` if none was asked for.
+
+        Packed as ``{"ack": <chunk>}`` with both as msgpack str: Fluent Bit
+        treats a bin-typed ack as a failure and resends the chunk.
+        """
+        if message.chunk is None:
+            return b""
+        return _ACK_PACKER.pack({"ack": message.chunk})
+
+
+class _End:
+    __slots__ = ()
+
+
+_END = _End()
+
+# surrogateescape round-trips a chunk id that was not valid UTF-8 to its exact bytes.
+_ACK_PACKER = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")

@@ -1,0 +1,242 @@
+"""From one decoded msgpack object to one Forward event.
+
+Forward protocol v1 carries events in four modes, told apart by the type of
+the second array element:
+
+=========================  ==========================================
+second element             mode
+=========================  ==========================================
+a time (int, float, ext 0) Message ``[tag, time, record, option?]``
+an array of entries        Forward ``[tag, [[time, record], ...], option?]``
+str or bin                 PackedForward (entries packed back to back),
+                           CompressedPackedForward if ``compressed: gzip``
+=========================  ==========================================
+
+A time may also be Fluent Bit's metadata form ``[time, {metadata}]`` (Fluent
+Bit 4.x with ``Retain_Metadata_In_Forward_Mode``, the default in 5.x). A
+Message whose time is in that form has an array as second element too; it is
+told from Forward mode by the first item of that array being a time, not an
+entry.
+
+Two kinds of trouble are kept apart. A message whose frame is wrong (not an
+array, tag not a string, option not a map, payload not msgpack or not gzip)
+raises a :class:`~.errors.ForwardError`: the connection is closed and nothing
+in it is acknowledged. An entry inside a well-formed message that cannot be
+used (record not a map, time not a time) is left out and counted in
+``Message.invalid`` by reason; the rest of the message is delivered and acked,
+since the client resending the same bytes would not fix it.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+
+from .compression import gunzip
+from .errors import (
+    BadCompression,
+    ContainerTooLarge,
+    ForwardError,
+    InvalidMsgpack,
+    MalformedMessage,
+    NestingTooDeep,
+)
+from .events import Entry, Message, Mode, SkippedMessage
+from .limits import Limits
+
+_EVENT_TIME = struct.Struct(">II")
+
+#: Reasons an entry is counted as invalid (label values of the ``invalid`` outcome).
+INVALID_ENTRY = "entry_not_pair"
+INVALID_TIME = "bad_time"
+INVALID_RECORD = "record_not_map"
+
+
+def ext_hook(code: int, data: bytes) -> Any:
+    """Turn Fluentd's EventTime (ext type 0: uint32 seconds, uint32 nanoseconds) into float seconds."""
+    if code == 0 and len(data) == 8:
+        sec, nsec = _EVENT_TIME.unpack(data)
+        return sec + nsec / 1e9
+    return msgpack.ExtType(code, data)
+
+
+def unpacker_options(limits: Limits) -> dict[str, Any]:
+    """The msgpack.Unpacker settings every decoder in this package uses.
+
+    ``unicode_errors='surrogateescape'``: a str that is not valid UTF-8 (the
+    PING salt is one, by design) still decodes, and encoding it back with the
+    same handler gives the exact bytes. ``strict_map_key=False``: a record
+    with integer keys is odd but valid msgpack, not a reason to drop a connection.
+    """
+    return dict(
+        raw=False,
+        use_list=True,
+        strict_map_key=False,
+        unicode_errors="surrogateescape",
+        ext_hook=ext_hook,
+        max_str_len=limits.max_str_bytes,
+        max_bin_len=limits.max_str_bytes,
+        max_array_len=limits.max_array_len,
+        max_map_len=limits.max_map_len,
+        max_ext_len=limits.max_ext_bytes,
+    )
+
+
+def translate_msgpack_error(exc: Exception) -> ForwardError:
+    """Map the exceptions msgpack raises on bad input to this package's errors."""
+    if isinstance(exc, msgpack.StackError):
+        return NestingTooDeep("msgpack containers nest too deeply")
+    text = str(exc)
+    if isinstance(exc, ValueError) and "exceeds max" in text:
+        return ContainerTooLarge(text)
+    return InvalidMsgpack(f"{type(exc).__name__}: {text}")
+
+
+def _time(value: Any) -> float | None:
+    t = type(value)
+    if t is float or t is int:
+        return float(value)
+    if t is msgpack.Timestamp:
+        return value.to_unix()
+    return None
+
+
+def _text(value: Any, what: str) -> str:
+    if type(value) is str:
+        return value
+    if type(value) is bytes:
+        return value.decode("utf-8", "surrogateescape")
+    raise MalformedMessage(f"{what} must be a string, got {type(value).__name__}")
+
+
+def decode_entries(items: list[Any], invalid: dict[str, int]) -> list[Entry]:
+    """Turn ``[[time, record], ...]`` into Entries, counting what cannot be used.
+
+    The hot loop of the receiver: one type check per field and one tuple per entry.
+    """
+    entries: list[Entry] = []
+    append = entries.append
+    for item in items:
+        if type(item) is not list or len(item) != 2:
+            invalid[INVALID_ENTRY] = invalid.get(INVALID_ENTRY, 0) + 1
+            continue
+        t, record = item
+        if type(record) is not dict:
+            invalid[INVALID_RECORD] = invalid.get(INVALID_RECORD, 0) + 1
+            continue
+        tt = type(t)
+        if tt is float or tt is int:
+            append(Entry(t, record, None))
+            continue
+        metadata = None
+        if tt is list and len(t) == 2 and type(t[1]) is dict:
+            t, metadata = t
+        seconds = _time(t)
+        if seconds is None:
+            invalid[INVALID_TIME] = invalid.get(INVALID_TIME, 0) + 1
+            continue
+        append(Entry(seconds, record, metadata))
+    return entries
+
+
+def _packed_entries(payload: bytes, limits: Limits, invalid: dict[str, int]) -> list[Any]:
+    """Split a PackedForward payload (msgpack entries back to back) into items."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(payload), 1), **unpacker_options(limits))
+    unpacker.feed(payload)
+    items: list[Any] = []
+    try:
+        for item in unpacker:
+            items.append(item)
+            if len(items) > limits.max_array_len:
+                raise MalformedMessage(f"packed payload holds more than {limits.max_array_len} entries")
+    except ForwardError:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise translate_msgpack_error(exc) from None
+    if unpacker.tell() != len(payload):
+        raise MalformedMessage("packed payload ends in the middle of an entry")
+    return items
+
+
+def _signal(options: dict[Any, Any]) -> int:
+    signal = options.get("fluent_signal", 0)
+    return signal if type(signal) is int else 0
+
+
+def decode_message(obj: Any, nbytes: int, limits: Limits) -> Message | SkippedMessage:
+    """Decode one top-level Forward message (anything but a handshake or heartbeat)."""
+    if type(obj) is not list or not 2 <= len(obj) <= 4:
+        raise MalformedMessage(
+            f"expected a Forward message array of 2 to 4 items, got {type(obj).__name__}"
+            + (f" of {len(obj)}" if isinstance(obj, list) else "")
+        )
+    tag = _text(obj[0], "tag")
+    second = obj[1]
+    kind = type(second)
+
+    is_message = kind is float or kind is int or kind is msgpack.Timestamp
+    if (
+        kind is list
+        and len(second) == 2
+        and type(second[0]) is not list
+        and type(second[1]) is dict
+        and len(obj) >= 3
+        and type(obj[2]) is dict
+    ):
+        # [tag, [time, {metadata}], record, option?]: Message mode with metadata;
+        # in Forward mode every item of the second element is itself an entry array.
+        is_message = True
+    if is_message:
+        if len(obj) < 3:
+            raise MalformedMessage("Message mode needs [tag, time, record]")
+        option_index = 3
+    else:
+        if len(obj) > 3:
+            raise MalformedMessage(f"Forward/PackedForward mode has at most 3 items, got {len(obj)}")
+        option_index = 2
+
+    options: dict[Any, Any] = {}
+    if len(obj) > option_index:
+        raw_options = obj[option_index]
+        if type(raw_options) is dict:
+            options = raw_options
+        elif raw_options is not None:
+            raise MalformedMessage(f"option must be a map, got {type(raw_options).__name__}")
+
+    chunk = options.get("chunk")
+    if chunk is not None:
+        chunk = _text(chunk, "chunk option")
+
+    if kind is str or kind is bytes:
+        compressed = options.get("compressed")
+        mode = Mode.PACKED_FORWARD
+        if compressed is not None and compressed != "text":
+            if compressed != "gzip":
+                raise BadCompression(f"unsupported compression {compressed!r} (only gzip is defined)")
+            mode = Mode.COMPRESSED_PACKED_FORWARD
+    elif is_message:
+        mode = Mode.MESSAGE
+    elif kind is list:
+        mode = Mode.FORWARD
+    else:
+        raise MalformedMessage(f"second item must be a time, entries or a packed payload, got {kind.__name__}")
+
+    signal = _signal(options)
+    if signal != 0:
+        size = options.get("size")
+        count = size if type(size) is int and size > 0 else 1
+        return SkippedMessage(tag, signal, mode, chunk, count, nbytes, "non_log_signal")
+
+    invalid: dict[str, int] = {}
+    if mode is Mode.FORWARD:
+        entries = decode_entries(second, invalid)
+    elif mode is Mode.MESSAGE:
+        entries = decode_entries([[second, obj[2]]], invalid)
+    else:
+        payload = second.encode("utf-8", "surrogateescape") if kind is str else second
+        if mode is Mode.COMPRESSED_PACKED_FORWARD:
+            payload = gunzip(payload, limits.max_decompressed_bytes)
+        entries = decode_entries(_packed_entries(payload, limits, invalid), invalid)
+    return Message(tag, entries, mode, chunk, options, nbytes, invalid)

@@ -1,0 +1,112 @@
+"""Errors the Forward protocol core raises.
+
+Each error ends the connection it happened on, and only that one. Every class
+carries a short, fixed ``reason`` that becomes the ``reason`` label of
+``qwen_fluent_errors_total`` and appears in the log line, so the set of label
+values is bounded by the classes below. ``str(error)`` is the human detail.
+"""
+
+from __future__ import annotations
+
+
+class ForwardError(Exception):
+    """Base class: the peer broke the protocol or a limit; close the connection."""
+
+    reason = "protocol_error"
+
+
+class MalformedMessage(ForwardError):
+    """The bytes are msgpack, but not a Forward message (wrong shape or types)."""
+
+    reason = "malformed_message"
+
+
+class InvalidMsgpack(ForwardError):
+    """The bytes are not valid msgpack (a reserved byte, an unhashable key, ...)."""
+
+    reason = "invalid_msgpack"
+
+
+class LimitExceeded(ForwardError):
+    """A documented limit was broken (see :class:`~qwen_fluent.forward.limits.Limits`)."""
+
+    reason = "limit_exceeded"
+
+
+class MessageTooLarge(LimitExceeded):
+    """One message is larger than ``Limits.max_message_bytes``."""
+
+    reason = "message_too_large"
+
+
+class DecompressedTooLarge(LimitExceeded):
+    """A compressed payload expands past ``Limits.max_decompressed_bytes`` (a gzip bomb, or just too big)."""
+
+    reason = "decompressed_too_large"
+
+
+class ContainerTooLarge(LimitExceeded):
+    """A msgpack str, bin, array or map is longer than its limit."""
+
+    reason = "container_too_large"
+
+
+class NestingTooDeep(LimitExceeded):
+    """msgpack containers nest deeper than the decoder allows."""
+
+    reason = "nesting_too_deep"
+
+
+class BadCompression(ForwardError):
+    """``compressed: gzip`` but the payload is not valid gzip, or another codec was named."""
+
+    reason = "bad_compression"
+
+
+class AuthenticationRequired(ForwardError):
+    """Data arrived before the secure-forward handshake completed."""
+
+    reason = "auth_required"
+
+
+class AuthenticationFailed(ForwardError):
+    """The PING did not verify (wrong shared key, user, password or digest)."""
+
+    reason = "auth_failed"
+
+
+class ConnectionClosedError(ForwardError):
+    """Data arrived on a connection the core already closed."""
+
+    reason = "closed"
+
+
+class TruncatedMessage(ForwardError):
+    """The peer closed the stream in the middle of a message."""
+
+    reason = "truncated"
+
+
+#: Every ``reason`` value, so that metrics can pre-declare the label values.
+REASONS = tuple(
+    sorted(
+        {
+            cls.reason
+            for cls in (
+                ForwardError,
+                MalformedMessage,
+                InvalidMsgpack,
+                LimitExceeded,
+                MessageTooLarge,
+                DecompressedTooLarge,
+                ContainerTooLarge,
+                NestingTooDeep,
+                BadCompression,
+                AuthenticationRequired,
+                AuthenticationFailed,
+                ConnectionClosedError,
+                TruncatedMessage,
+            )
+        }
+    )
+)
