@@ -1,0 +1,122 @@
+"""Assemble and run the receiver: Forward listener -> records -> metrics -> /metrics.
+
+This is the one place that knows all the pieces; each piece knows only its
+neighbours' types. :func:`run` is what ``qwen-fluent serve`` calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Callable
+
+from prometheus_client import CollectorRegistry
+
+from . import __version__
+from .cli.config import AppConfig
+from .forward import Message
+from .server import ForwardServer, ReceiverStats
+
+log = logging.getLogger("qwen_fluent")
+
+#: How often series of pods that went quiet are looked at for expiry. The
+#: expiry itself is configured in [metrics]; a minute is fine-grained enough
+#: for an idle time measured in minutes or hours.
+EXPIRY_INTERVAL = 60.0
+
+
+def _fan_out(sinks: list[Callable[[Message], None]]) -> Callable[[Message], None]:
+    if len(sinks) == 1:
+        return sinks[0]
+
+    def sink(message: Message) -> None:
+        for s in sinks:
+            s(message)
+
+    return sink
+
+
+class Receiver:
+    """The running receiver; :meth:`start` and :meth:`stop` bracket its life."""
+
+    def __init__(self, config: AppConfig) -> None:
+        from .gpu import GpuCollector
+        from .metrics import LLMMetrics, ReceiverCollector
+        from .pipeline import MetricsSink
+        from .records import Normaliser
+        from .server.http import MetricsHTTPServer
+        from .stdout import StdoutSink
+
+        self.config = config
+        self.stats = ReceiverStats()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.metrics = LLMMetrics(config.metrics)
+        self.registry.register(self.metrics)
+        self.registry.register(ReceiverCollector(self.stats))
+        sinks: list[Callable[[Message], None]] = [MetricsSink(Normaliser(config.records), self.metrics, self.stats)]
+        if config.stdout:
+            sinks.append(StdoutSink())
+        self.gpu = None
+        if config.gpu is not None and config.gpu.enabled:
+            self.gpu = GpuCollector(
+                config.metrics.namespace,
+                cache_seconds=config.gpu.cache_seconds,
+                process_attribution=config.gpu.process_attribution,
+                proc_root=config.gpu.proc_root,
+            )
+            self.registry.register(self.gpu)
+        self.forward = ForwardServer(config.server, _fan_out(sinks), self.stats)
+        self.http = MetricsHTTPServer(config.http.host, config.http.port, self.registry, ready=self.ready)
+        self._expiry: asyncio.Task[None] | None = None
+
+    def ready(self) -> bool:
+        """Ready once the Forward listener is bound, and until shutdown starts."""
+        return self.forward.listening
+
+    async def start(self) -> None:
+        if self.gpu is not None:
+            self.gpu.start()
+        self.http.start()
+        log.info("serving /metrics on http://%s:%d", self.config.http.host, self.http.port)
+        try:
+            await self.forward.start()
+        except BaseException:
+            self.http.stop()
+            if self.gpu is not None:
+                self.gpu.close()
+            raise
+        self._expiry = asyncio.create_task(self._expire_loop())
+        log.info("qwen-fluent %s ready", __version__)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_INTERVAL)
+            self.metrics.expire(time.time())
+
+    async def stop(self) -> None:
+        log.info("shutting down: no new connections; finishing messages in flight")
+        if self._expiry is not None:
+            self._expiry.cancel()
+        await self.forward.stop()
+        self.http.stop()
+        if self.gpu is not None:
+            self.gpu.close()
+        log.info("stopped")
+
+
+async def run(config: AppConfig, stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set). Returns the process exit code."""
+    receiver = Receiver(config)
+    await receiver.start()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            pass
+    await stop.wait()
+    await receiver.stop()
+    return 0
