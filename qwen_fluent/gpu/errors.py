@@ -71,6 +71,7 @@ _CODE_TO_REASON: dict[int, str] = {
     27: "not_ready",
     28: "gpu_not_found",
     29: "invalid_state",
+    30: "reset_type_not_supported",
     999: "unknown",
 }
 

@@ -448,7 +448,9 @@ class FakeNvml:
     def nvmlEventSetWait(self, event_set: _EventSet, timeout_ms: int) -> SimpleNamespace:
         self._enter("nvmlEventSetWait")
         try:
-            return event_set.queue.get(timeout=timeout_ms / 1000.0)
+            # At most 50 ms: a waiter must loop on TIMEOUT anyway, and a short
+            # wait lets tests stop the watcher without waiting out its poll.
+            return event_set.queue.get(timeout=min(timeout_ms / 1000.0, 0.05))
         except queue.Empty:
             raise NVMLError(self.NVML_ERROR_TIMEOUT) from None
 
