@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass
 class GpuConfig:
     """What the GPU collector reads and how often.
+
+    Mutable: ``qwen-fluent serve --no-gpu`` turns ``enabled`` off after loading.
 
     ``enabled``
         Register the collector at all. Default on: on a node without NVML it

@@ -120,3 +120,10 @@ def test_config_rejects_a_negative_cache() -> None:
 
     with pytest.raises(ValueError):
         GpuConfig(cache_seconds=-1)
+
+
+def test_config_can_be_switched_off_after_loading() -> None:
+    """``qwen-fluent serve --no-gpu`` sets enabled after the file is loaded."""
+    config = GpuConfig()
+    config.enabled = False
+    assert config.enabled is False
