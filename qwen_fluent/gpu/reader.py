@@ -299,8 +299,8 @@ class NvmlReader:
         if uuid in self._memory_v1:
             mem = self._call(uuid, call, "v1", fn, handle)
         elif (uuid, call, "") not in self._unsupported:
-            # v2 keeps the driver's reserved memory out of "used", as
-            # nvidia-smi does since R510; v1's "used" includes it.
+            # v2 keeps the driver's reserved memory out of "used", as recent
+            # nvidia-smi does; v1's "used" includes it.
             try:
                 mem = fn(handle, self._const("nvmlMemory_v2", _NVML_MEMORY_V2))
             except TypeError:  # a pynvml whose nvmlDeviceGetMemoryInfo takes no version
