@@ -45,6 +45,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -514,10 +515,17 @@ def run_check(args: argparse.Namespace) -> int:
         compare(report, pairs, gpu, loaded if load is not None else None, idle_apps)
         check_identity(report, pairs[-1]["ours"], pairs[-1]["smi"], gpu)
         record(report, pynvml, args, out_dir, figures)
+    except Exception as exc:  # report it as a failed check, and still write what we have
+        traceback.print_exc()
+        report.check("check ran to the end", False, f"{type(exc).__name__}: {exc}")
     finally:
         stop_load(load)
         receiver.stop()
-    figures["timing"] = timing(report, args)
+    try:
+        figures["timing"] = timing(report, args)
+    except Exception as exc:
+        traceback.print_exc()
+        report.check("timing", False, f"{type(exc).__name__}: {exc}")
     pynvml.nvmlShutdown()
     return finish(report, out_dir, figures)
 

@@ -506,6 +506,7 @@ def record_profile(nvml: Any, *, source: str = "recorded", comment: str = "") ->
         mem = attempt(errors, "nvmlDeviceGetMemoryInfo", nvml.nvmlDeviceGetMemoryInfo, handle)
         if mem is None:
             return None
+        errors.pop("nvmlDeviceGetMemoryInfo", None)
         # a driver without v2: record v1's used as used, no reservation
         return {"total": mem.total, "reserved": 0, "free": mem.free, "used": mem.used}
 

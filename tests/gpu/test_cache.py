@@ -53,9 +53,9 @@ def test_concurrent_scrapers_get_one_snapshot_and_one_read(tmp_path: Any) -> Non
         release.wait(5)  # hold the first reader inside NVML while the others arrive
         return original()
 
-    fake.nvmlDeviceGetCount = slow_count  # type: ignore[method-assign]
     collector = _collector(fake, tmp_path, cache_seconds=60)
     collector.start()
+    fake.nvmlDeviceGetCount = slow_count  # type: ignore[method-assign]
     registry = CollectorRegistry()
     registry.register(collector)
     results: list[bytes] = []
@@ -70,6 +70,7 @@ def test_concurrent_scrapers_get_one_snapshot_and_one_read(tmp_path: Any) -> Non
     threads = [threading.Thread(target=scrape) for _ in range(8)]
     for t in threads:
         t.start()
+    threading.Event().wait(0.1)  # one scraper is held inside NVML, the others queue on the lock
     release.set()
     for t in threads:
         t.join(10)

@@ -231,3 +231,59 @@ def test_help_documents_the_one_command() -> None:
     result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60, check=True)
     for flag in ("--record-profile", "--gpu", "--alloc-gib", "--metrics-url", "--receiver"):
         assert flag in result.stdout
+
+
+FAKE_SMI = r'''#!{python}
+"""Stands in for nvidia-smi: answers --query-gpu / --query-compute-apps from a JSON file, like the real one."""
+import json, sys
+data = json.load(open({data!r}))
+arg = next(a for a in sys.argv[1:] if a.startswith("--query-"))
+kind, fields = arg[len("--query-"):].split("=", 1)
+rows = data["gpu"] if kind == "gpu" else data["apps"]
+for field in fields.split(","):
+    if rows and field not in rows[0]:
+        print(f'Field "{{field}}" is not a valid field to query.', file=sys.stderr)
+        sys.exit(2)
+for row in rows:
+    print(", ".join(str(row[f]) for f in fields.split(",")))
+'''
+
+
+def test_the_whole_check_runs_end_to_end_on_the_fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    """scripts/gpu_check.py's full flow with the fake as pynvml, an nvidia-smi that prints the same GPU, and a
+    stand-in load process: every verdict PASS, exit 0, a report and a recorded profile written."""
+    fake = FakeNvml()
+    profile = fake.profile
+    dev = profile["devices"][0]
+    smi = _smi_for(profile)
+    smi.pop("clocks_event_reasons.active")  # as an nvidia-smi older than the field: the check must cope
+    smi["index"] = 0
+    data = tmp_path / "smi.json"
+    data.write_text(json.dumps({"gpu": [smi], "apps": [
+        {"pid": p["pid"], "gpu_uuid": dev["uuid"], "used_memory": p["used_memory"] // MIB} for p in dev["processes"]
+    ]}))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(FAKE_SMI.format(python=sys.executable, data=str(data)))
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    monkeypatch.delenv("OUT", raising=False)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+
+    def stand_in_load(args: Any, out_dir: Path) -> Any:
+        proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE, text=True)
+        return proc, {"pid": dev["processes"][0]["pid"], "backend": "stand-in", "bytes": 4 * 1024 * MIB}
+
+    monkeypatch.setattr(gpu_check, "start_load", stand_in_load)
+    out = tmp_path / "out"
+    code = gpu_check.main(["--receiver", "inprocess", "--poll-seconds", "0", "--timing-reads", "10", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "RESULT: PASS" in printed and "FAIL" not in printed.replace("RESULT: PASS", "")
+    report = json.loads((out / "gpu_check.json").read_text())
+    results = {item["check"]: item["result"] for item in report["checks"]}
+    for name in ("memory used within 1 %", "load pid found with its memory", "utilisation above 0.5 under load", "uuid"):
+        assert results[name] == "PASS"
+    assert report["figures"]["timing"]["gpus"] == 1
+    assert load_profile(out / "profiles" / "h100_80gb_hbm3.json")["devices"][0]["uuid"] == dev["uuid"]
+    assert fake._refcount == 0  # every nvmlInit was shut down
