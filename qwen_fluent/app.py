@@ -65,6 +65,7 @@ class Receiver:
                 cache_seconds=config.gpu.cache_seconds,
                 process_attribution=config.gpu.process_attribution,
                 proc_root=config.gpu.proc_root,
+                log_root=config.gpu.log_root,
             )
             self.registry.register(self.gpu)
         self.forward = ForwardServer(config.server, _fan_out(sinks), self.stats)
@@ -77,7 +78,8 @@ class Receiver:
 
     async def start(self) -> None:
         if self.gpu is not None:
-            self.gpu.start()
+            # nvmlInit can block for seconds on a busy node: keep it off the event loop.
+            await asyncio.to_thread(self.gpu.start)
         self.http.start()
         log.info("serving /metrics on http://%s:%d", self.config.http.host, self.http.port)
         try:
