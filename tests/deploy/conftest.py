@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,12 @@ def kubernetes_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def rendered(kubernetes_tree: Path) -> dict[str, list[dict]]:
     """What `kustomize build` gives for the base and every overlay."""
     return {name: build(kubernetes_tree / name) for name in OVERLAYS}
+
+
+def load_script(path: Path):
+    """Import a script of examples/ (not a package) as a module, under its file name."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import promql_parser
 import yaml
 
-from .conftest import EXAMPLES, KUBERNETES, REPO, RULES_DIR, run_tool
+from .conftest import EXAMPLES, KUBERNETES, REPO, RULES_DIR, load_script, run_tool
 
 RULE_FILES = sorted(RULES_DIR.glob("*.rules.yml"))
 UNIT_TESTS = Path(__file__).resolve().parent / "promtool" / "alerts.test.yml"
@@ -24,10 +23,7 @@ def _rules() -> list[dict]:
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("generate_prometheusrule", EXAMPLES / "prometheus" / "generate_prometheusrule.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLES / "prometheus" / "generate_prometheusrule.py")
 
 
 def test_rule_files_pass_promtool_check(promtool: str) -> None:

@@ -1,0 +1,461 @@
+#!/usr/bin/env python3
+"""Write the qwen-fluent Grafana dashboard (``qwen-fluent-dashboard.json``) from code.
+
+Why code and no library: the dashboard is a list of PromQL queries with a
+title each; a few small functions below turn that list into Grafana's JSON
+model, so a reviewer reads queries, not 2,000 lines of JSON. grafanalib (the
+Python library people reach for) lags Grafana's panel schema and would be a
+dependency for one file; Grafana's own foundation SDK is larger still. The
+JSON written here is Grafana's plain dashboard model (schemaVersion 39,
+Grafana 10.x and 11.x), import-ready:
+
+* the data source is a template variable (``$datasource``), so the same file
+  imports on any Grafana whatever its Prometheus data source is called;
+* template variables ``namespace``, ``model``, ``pod``, ``node`` and ``gpu``
+  filter every panel they apply to (multi-select, "All" = ``.*``);
+* latency panels read the recorded bucket rates of
+  ``examples/prometheus/rules/qwen-fluent-recording.rules.yml`` (load those
+  rules with the dashboard), which is what keeps them cheap on many pods.
+
+Run it after changing a panel::
+
+    python3 examples/grafana/generate_dashboard.py
+
+``tests/deploy`` fails while the committed JSON differs from what this script
+writes, parses every query as PromQL, and runs every query against a real
+Prometheus scraping a real receiver.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OUTPUT = Path(__file__).resolve().parent / "qwen-fluent-dashboard.json"
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+
+#: Label filters, spelled once. "All" selects ".*", which also matches a
+#: series without the label (a request logged outside Kubernetes).
+REQ = 'namespace=~"$namespace", pod=~"$pod", model=~"$model"'
+LOGS = 'namespace=~"$namespace", pod=~"$pod"'
+GPU = 'node=~"$node", gpu=~"$gpu"'
+RECEIVER = 'job="qwen-fluent", node=~"$node"'
+
+
+@dataclass
+class Target:
+    """One PromQL query of a panel and its legend."""
+
+    expr: str
+    legend: str
+
+
+@dataclass
+class Panel:
+    """A panel: title, what it shows (the description Grafana displays), its queries and unit."""
+
+    title: str
+    description: str
+    targets: list[Target]
+    unit: str = "short"
+    kind: str = "timeseries"
+    width: int = 12
+    height: int = 8
+    min: float | None = 0
+    max: float | None = None
+    stack: bool = False
+    thresholds: list[tuple[float, str]] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    """A row of panels, laid out left to right in 24-column lines."""
+
+    title: str
+    panels: list[Panel]
+
+
+def quantile(q: float, recorded_buckets: str, by: str) -> str:
+    """histogram_quantile over recorded per-pod bucket rates, re-aggregated by ``by``."""
+    return f"histogram_quantile({q}, sum by ({by}, le) ({recorded_buckets}{{{REQ}}}))"
+
+
+def raw_quantile(q: float, histogram: str, by: str) -> str:
+    """histogram_quantile straight from a histogram's buckets (no recording rule)."""
+    return f"histogram_quantile({q}, sum by ({by}, le) (rate({histogram}_bucket{{{REQ}}}[$__rate_interval])))"
+
+
+def rows() -> list[Row]:
+    """Every panel of the dashboard, in reading order."""
+    return [
+        Row("Requests", [
+            Panel(
+                "Request rate by status",
+                "Finished requests per second, by the status the server logged. Statuses are folded into "
+                "success, error, client_error, timeout, cancelled, unknown.",
+                [Target(f'sum by (status) (rate(qwen_requests_total{{{REQ}}}[$__rate_interval]))', "{{status}}")],
+                unit="reqps", stack=True,
+            ),
+            Panel(
+                "Success rate",
+                "Share of requests with status success. Client errors and cancellations count against it "
+                "here; the error-rate alert counts server-side failures (error, timeout) only.",
+                [Target(
+                    f'sum by (model) (rate(qwen_requests_total{{{REQ}, status="success"}}[$__rate_interval]))'
+                    f' / sum by (model) (rate(qwen_requests_total{{{REQ}}}[$__rate_interval]))',
+                    "{{model}}",
+                )],
+                unit="percentunit", max=1, thresholds=[(0, "red"), (0.95, "orange"), (0.99, "green")],
+            ),
+            Panel(
+                "Server error ratio (alert: > 5 %)",
+                "Requests ending in error or timeout over all requests, 5-minute window, per model: the "
+                "series the QwenInferenceErrorRateHigh alert reads. Absent while a model has no failure.",
+                [Target(
+                    'namespace_model:qwen_requests_server_errors:ratio_rate5m{namespace=~"$namespace", model=~"$model"}',
+                    "{{namespace}}/{{model}}",
+                )],
+                unit="percentunit", thresholds=[(0, "green"), (0.05, "red")],
+            ),
+            Panel(
+                "Requests by path",
+                "Request rate per API path and model.",
+                [Target(f'sum by (path, model) (rate(qwen_requests_total{{{REQ}}}[$__rate_interval]))', "{{model}} {{path}}")],
+                unit="reqps",
+            ),
+        ]),
+        Row("Latency", [
+            Panel(
+                "Request latency P50 / P95 / P99 (alert: P99 > 3 s)",
+                "End-to-end request time (total_time_ms) per model, from the recorded 5-minute bucket rates.",
+                [
+                    Target(quantile(0.5, "namespace_pod_model:qwen_request_duration_seconds_bucket:rate5m", "model"), "P50 {{model}}"),
+                    Target(quantile(0.95, "namespace_pod_model:qwen_request_duration_seconds_bucket:rate5m", "model"), "P95 {{model}}"),
+                    Target(quantile(0.99, "namespace_pod_model:qwen_request_duration_seconds_bucket:rate5m", "model"), "P99 {{model}}"),
+                ],
+                unit="s", thresholds=[(0, "green"), (3, "red")],
+            ),
+            Panel(
+                "Queue vs inference time (P95)",
+                "Where the time goes: waiting for a place in the batch (queue) or running on the GPU "
+                "(inference). Rising queue time with flat inference time means too few replicas.",
+                [
+                    Target(quantile(0.95, "namespace_pod_model:qwen_request_queue_duration_seconds_bucket:rate5m", "model"), "queue {{model}}"),
+                    Target(quantile(0.95, "namespace_pod_model:qwen_request_inference_duration_seconds_bucket:rate5m", "model"), "inference {{model}}"),
+                ],
+                unit="s",
+            ),
+            Panel(
+                "Time to first token P50 / P95",
+                "Time until the first output token was streamed, for requests whose log carries it.",
+                [
+                    Target(quantile(0.5, "namespace_pod_model:qwen_time_to_first_token_seconds_bucket:rate5m", "model"), "P50 {{model}}"),
+                    Target(quantile(0.95, "namespace_pod_model:qwen_time_to_first_token_seconds_bucket:rate5m", "model"), "P95 {{model}}"),
+                ],
+                unit="s",
+            ),
+            Panel(
+                "Time per output token P50 / P95",
+                "Decode speed: inference time over output tokens, per request.",
+                [
+                    Target(raw_quantile(0.5, "qwen_time_per_output_token_seconds", "model"), "P50 {{model}}"),
+                    Target(raw_quantile(0.95, "qwen_time_per_output_token_seconds", "model"), "P95 {{model}}"),
+                ],
+                unit="s",
+            ),
+        ]),
+        Row("Tokens", [
+            Panel(
+                "Token throughput",
+                "Input (prompt) and output (generated) tokens per second, per model.",
+                [
+                    Target(f'sum by (model) (rate(qwen_input_tokens_total{{{REQ}}}[$__rate_interval]))', "input {{model}}"),
+                    Target(f'sum by (model) (rate(qwen_output_tokens_total{{{REQ}}}[$__rate_interval]))', "output {{model}}"),
+                ],
+                unit="short",
+            ),
+            Panel(
+                "Tokens per request (mean and P95)",
+                "Prompt and completion length per request: a shift here explains latency changes that "
+                "are not the server's doing.",
+                [
+                    Target(
+                        f'sum by (model) (rate(qwen_request_input_tokens_sum{{{REQ}}}[$__rate_interval]))'
+                        f' / sum by (model) (rate(qwen_request_input_tokens_count{{{REQ}}}[$__rate_interval]))',
+                        "mean input {{model}}",
+                    ),
+                    Target(
+                        f'sum by (model) (rate(qwen_request_output_tokens_sum{{{REQ}}}[$__rate_interval]))'
+                        f' / sum by (model) (rate(qwen_request_output_tokens_count{{{REQ}}}[$__rate_interval]))',
+                        "mean output {{model}}",
+                    ),
+                    Target(raw_quantile(0.95, "qwen_request_output_tokens", "model"), "P95 output {{model}}"),
+                ],
+                unit="short",
+            ),
+            Panel(
+                "vLLM engine: running and waiting requests",
+                "From vLLM's periodic engine stats line: requests in the batch and requests queued for it.",
+                [
+                    Target(f'sum by (pod) (qwen_vllm_running_requests{{{REQ}}})', "running {{pod}}"),
+                    Target(f'sum by (pod) (qwen_vllm_waiting_requests{{{REQ}}})', "waiting {{pod}}"),
+                ],
+                unit="short",
+            ),
+            Panel(
+                "vLLM engine: KV cache usage and throughput",
+                "GPU KV-cache usage (left, ratio) and the engine's own prompt and generation throughput.",
+                [
+                    Target(f'max by (pod) (qwen_vllm_gpu_kv_cache_usage_ratio{{{REQ}}})', "KV cache {{pod}}"),
+                    Target(f'sum by (pod) (qwen_vllm_generation_throughput_tokens_per_second{{{REQ}}})', "generation tok/s {{pod}}"),
+                    Target(f'sum by (pod) (qwen_vllm_prompt_throughput_tokens_per_second{{{REQ}}})', "prompt tok/s {{pod}}"),
+                ],
+                unit="short",
+            ),
+        ]),
+        Row("GPU", [
+            Panel(
+                "GPU memory used (alert: > 95 %)",
+                "Used over total memory per GPU, as NVML reads it on each node.",
+                [Target(
+                    f'qwen_gpu_memory_used_bytes{{{GPU}}} / qwen_gpu_memory_total_bytes{{{GPU}}}',
+                    "{{node}} GPU {{gpu}}",
+                )],
+                unit="percentunit", max=1, thresholds=[(0, "green"), (0.95, "red")],
+            ),
+            Panel(
+                "GPU utilisation",
+                "Share of time a kernel was running (NVML utilisation.gpu) and memory-controller activity.",
+                [
+                    Target(f'qwen_gpu_utilization_ratio{{{GPU}}}', "compute {{node}} GPU {{gpu}}"),
+                    Target(f'qwen_gpu_memory_utilization_ratio{{{GPU}}}', "memory bus {{node}} GPU {{gpu}}"),
+                ],
+                unit="percentunit", max=1,
+            ),
+            Panel(
+                "GPU memory by pod",
+                "Memory the inference server reported in its request logs (gpu_memory_mb), per pod. "
+                "With per-process attribution on (overlays/per-process-gpu), "
+                "qwen_gpu_process_memory_used_bytes gives NVML's own per-pod figure.",
+                [Target(f'max by (namespace, pod) (qwen_gpu_memory_reported_bytes{{{REQ}}})', "{{namespace}}/{{pod}}")],
+                unit="bytes",
+            ),
+            Panel(
+                "GPU power and temperature",
+                "Board power draw (watts) and core temperature (degrees Celsius).",
+                [
+                    Target(f'qwen_gpu_power_watts{{{GPU}}}', "W {{node}} GPU {{gpu}}"),
+                    Target(f'qwen_gpu_temperature_celsius{{{GPU}}}', "°C {{node}} GPU {{gpu}}"),
+                ],
+                unit="short",
+            ),
+        ]),
+        Row("Logs and receiver health", [
+            Panel(
+                "Log lines by level",
+                "Log lines that are not request records, by level (debug ... critical, unknown).",
+                [Target(f'sum by (level) (rate(qwen_log_messages_total{{{LOGS}}}[$__rate_interval]))', "{{level}}")],
+                unit="short", stack=True,
+            ),
+            Panel(
+                "Error log rate",
+                "Lines logged at level error or critical, per pod: what to read when the error ratio rises.",
+                [Target(
+                    f'sum by (namespace, pod) (rate(qwen_log_messages_total{{{LOGS}, level=~"error|critical"}}[$__rate_interval]))',
+                    "{{namespace}}/{{pod}}",
+                )],
+                unit="short",
+            ),
+            Panel(
+                "Receiver: records by outcome",
+                "Every record the receivers took in, once: accepted (became a metric), unrecognised, "
+                "invalid, skipped_signal (metrics or traces payloads).",
+                [Target(f'sum by (outcome) (rate(qwen_fluent_records_total{{{RECEIVER}}}[$__rate_interval]))', "{{outcome}}")],
+                unit="short", stack=True,
+            ),
+            Panel(
+                "Receiver: scrapes, connections and errors",
+                "Targets up, open Forward connections, and connections closed on protocol errors by reason.",
+                [
+                    Target(f'sum(up{{{RECEIVER}}})', "receivers up"),
+                    Target(f'sum(qwen_fluent_connections_active{{{RECEIVER}}})', "connections"),
+                    Target(f'sum by (reason) (rate(qwen_fluent_errors_total{{{RECEIVER}}}[$__rate_interval]))', "errors: {{reason}}"),
+                ],
+                unit="short",
+            ),
+        ]),
+    ]
+
+
+def _thresholds(steps: list[tuple[float, str]]) -> dict:
+    if not steps:
+        return {"mode": "absolute", "steps": [{"color": "green", "value": None}]}
+    return {
+        "mode": "absolute",
+        "steps": [{"color": color, "value": None if i == 0 else value} for i, (value, color) in enumerate(steps)],
+    }
+
+
+def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
+    defaults: dict = {"unit": panel.unit, "thresholds": _thresholds(panel.thresholds)}
+    if panel.min is not None:
+        defaults["min"] = panel.min
+    if panel.max is not None:
+        defaults["max"] = panel.max
+    if panel.kind == "timeseries":
+        defaults["custom"] = {
+            "drawStyle": "line",
+            "lineWidth": 1,
+            "fillOpacity": 10,
+            "showPoints": "never",
+            "spanNulls": False,
+            "stacking": {"mode": "normal" if panel.stack else "none", "group": "A"},
+            "thresholdsStyle": {"mode": "line" if panel.thresholds else "off"},
+        }
+    return {
+        "id": panel_id,
+        "type": panel.kind,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": DATASOURCE,
+        "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True, "calcs": []},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+        "targets": [
+            {
+                "refId": chr(ord("A") + i),
+                "datasource": DATASOURCE,
+                "expr": target.expr,
+                "legendFormat": target.legend,
+                "range": True,
+                "instant": False,
+            }
+            for i, target in enumerate(panel.targets)
+        ],
+    }
+
+
+def _layout(all_rows: list[Row]) -> list[dict]:
+    """Rows and panels with ids and grid positions (24 columns, rows stacked downwards)."""
+    out: list[dict] = []
+    panel_id = 1
+    y = 0
+    for row in all_rows:
+        out.append({
+            "id": panel_id,
+            "type": "row",
+            "title": row.title,
+            "collapsed": False,
+            "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+            "panels": [],
+        })
+        panel_id += 1
+        y += 1
+        x = 0
+        line_height = 0
+        for panel in row.panels:
+            if x + panel.width > 24:
+                x = 0
+                y += line_height
+                line_height = 0
+            out.append(_panel_json(panel, panel_id, x, y))
+            panel_id += 1
+            x += panel.width
+            line_height = max(line_height, panel.height)
+        y += line_height
+    return out
+
+
+def _query_variable(name: str, label: str, query: str) -> dict:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "definition": query,
+        "query": {"query": query, "refId": f"{name}-variable"},
+        # 2 = refresh the values whenever the time range changes.
+        "refresh": 2,
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+        "hide": 0,
+        "regex": "",
+        "options": [],
+    }
+
+
+def templating() -> list[dict]:
+    """The data source variable, then the label filters, each narrowed by the ones before it."""
+    return [
+        {
+            "name": "datasource",
+            "label": "Data source",
+            "type": "datasource",
+            "query": "prometheus",
+            "current": {},
+            "hide": 0,
+            "refresh": 1,
+            "regex": "",
+            "options": [],
+        },
+        _query_variable("namespace", "Namespace", "label_values(qwen_requests_total, namespace)"),
+        _query_variable("model", "Model", 'label_values(qwen_requests_total{namespace=~"$namespace"}, model)'),
+        _query_variable("pod", "Pod", 'label_values(qwen_requests_total{namespace=~"$namespace", model=~"$model"}, pod)'),
+        _query_variable("node", "Node", "label_values(qwen_gpu_memory_total_bytes, node)"),
+        _query_variable("gpu", "GPU", 'label_values(qwen_gpu_memory_total_bytes{node=~"$node"}, gpu)'),
+    ]
+
+
+def dashboard() -> dict:
+    """The whole dashboard model."""
+    return {
+        "uid": "qwen-fluent",
+        "title": "LLM inference (qwen-fluent)",
+        "description": "Requests, latency, tokens and GPUs of LLM inference servers, from their logs "
+                       "(Fluent Bit -> qwen-fluent) and NVML. Generated by examples/grafana/generate_dashboard.py.",
+        "tags": ["llm", "inference", "qwen-fluent", "gpu"],
+        "timezone": "browser",
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "timepicker": {},
+        "links": [],
+        "annotations": {"list": [{
+            "builtIn": 1,
+            "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+            "enable": True,
+            "hide": True,
+            "iconColor": "rgba(0, 211, 255, 1)",
+            "name": "Annotations & Alerts",
+            "type": "dashboard",
+        }]},
+        "templating": {"list": templating()},
+        "panels": _layout(rows()),
+    }
+
+
+def render() -> str:
+    """The dashboard as the JSON text that is committed (stable key order, trailing newline)."""
+    return json.dumps(dashboard(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main() -> int:
+    OUTPUT.write_text(render(), encoding="utf-8")
+    print(f"wrote {OUTPUT.name}: {sum(len(r.panels) for r in rows())} panels")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
