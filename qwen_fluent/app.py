@@ -42,7 +42,6 @@ class Receiver:
     """The running receiver; :meth:`start` and :meth:`stop` bracket its life."""
 
     def __init__(self, config: AppConfig) -> None:
-        from .gpu import GpuCollector
         from .metrics import LLMMetrics, ReceiverCollector
         from .pipeline import MetricsSink
         from .records import Normaliser
@@ -60,13 +59,7 @@ class Receiver:
             sinks.append(StdoutSink())
         self.gpu = None
         if config.gpu is not None and config.gpu.enabled:
-            self.gpu = GpuCollector(
-                config.metrics.namespace,
-                cache_seconds=config.gpu.cache_seconds,
-                process_attribution=config.gpu.process_attribution,
-                proc_root=config.gpu.proc_root,
-                log_root=config.gpu.log_root,
-            )
+            self.gpu = config.gpu.collector(config.metrics.namespace)
             self.registry.register(self.gpu)
         self.forward = ForwardServer(config.server, _fan_out(sinks), self.stats)
         self.http = MetricsHTTPServer(config.http.host, config.http.port, self.registry, ready=self.ready)
