@@ -12,6 +12,13 @@ import pytest
 
 from .kustomize import build
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["tomllib"]
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 KUBERNETES = EXAMPLES / "kubernetes"

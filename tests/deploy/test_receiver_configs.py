@@ -8,16 +8,10 @@ by the receiver's own loader (qwen_fluent.cli.config.load).
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import pytest
 
-from .conftest import EXAMPLES, KUBERNETES
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from .conftest import EXAMPLES, KUBERNETES, tomllib
 
 REFERENCE = EXAMPLES / "qwen-fluent.toml"
 DEPLOYED = [
