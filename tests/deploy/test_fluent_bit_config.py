@@ -15,8 +15,7 @@ import pytest
 from qwen_fluent.forward import NEED_DATA, ForwardConnection, Message
 
 from . import fluentbit
-from .conftest import DATA, KUBERNETES, REPO
-from .kustomize import build
+from .conftest import DATA, REPO
 
 YAML_FILE = REPO / "fluent-bit" / "fluent-bit.yaml"
 CLASSIC_FILE = REPO / "fluent-bit" / "fluent-bit.conf"
@@ -136,14 +135,9 @@ def decode_capture(name: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def daemonset_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def daemonset_env(rendered: dict) -> dict[str, str]:
     """The fluent-bit container's environment as the base DaemonSet sets it (plain values only)."""
-    import shutil
-
-    root = tmp_path_factory.mktemp("k") / "kubernetes"
-    shutil.copytree(KUBERNETES, root, ignore=shutil.ignore_patterns("shared-key.env"))
-    (root / "base" / "shared-key.env").write_text("shared-key=x\n")
-    daemonset = next(o for o in build(root / "base") if o["kind"] == "DaemonSet")
+    daemonset = next(o for o in rendered["base"] if o["kind"] == "DaemonSet")
     container = next(c for c in daemonset["spec"]["template"]["spec"]["containers"] if c["name"] == "fluent-bit")
     return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
