@@ -143,7 +143,7 @@ def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text) if "\x1b" in text else text
 
 
-_FRACTION = re.compile(r"(\.\d{6})\d+")
+_FRACTION = re.compile(r"\.(\d+)")
 _MAX_TIMESTAMP_STRING = 40  # "2025-04-05T10:23:45.123456789+00:00" is 35
 
 
@@ -169,6 +169,10 @@ def epoch_seconds(value: Any) -> float | None:
     return number
 
 
+def _six_digits(match: re.Match[str]) -> str:
+    return "." + match.group(1)[:6].ljust(6, "0")  # Python 3.10 takes exactly 3 or 6 fractional digits
+
+
 def iso_seconds(text: str) -> float | None:
     """Seconds since the epoch from an ISO 8601 date-time string; else ``None``."""
     if len(text) > _MAX_TIMESTAMP_STRING or len(text) < 10:
@@ -178,7 +182,8 @@ def iso_seconds(text: str) -> float | None:
     except ValueError:
         # Python 3.10 refuses "Z" and more than six fractional digits.
         try:
-            moment = datetime.fromisoformat(_FRACTION.sub(r"\1", text.replace("Z", "+00:00").replace("z", "+00:00")))
+            zoned = text.replace("Z", "+00:00").replace("z", "+00:00")
+            moment = datetime.fromisoformat(_FRACTION.sub(_six_digits, zoned))
         except ValueError:
             return None
     if moment.tzinfo is None:

@@ -63,7 +63,10 @@ LINES = [
 
 surrogate_text = st.binary(max_size=24).map(lambda raw: raw.decode("utf-8", "surrogateescape"))
 texts = st.one_of(st.text(max_size=24), surrogate_text, st.sampled_from(LINES), st.sampled_from(KNOWN_KEYS))
+# Any lone surrogate, as a JSON "\ud800" escape gives (msgpack cannot carry these).
+any_surrogates = st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=4)
 scalars = st.one_of(
+    any_surrogates,
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**63), max_value=2**64 - 1),
@@ -73,7 +76,7 @@ scalars = st.one_of(
     st.binary(max_size=16),
     st.builds(msgpack.ExtType, st.integers(min_value=1, max_value=127), st.binary(max_size=8)),
 )
-keys = st.one_of(st.sampled_from(KNOWN_KEYS), texts, st.integers(), st.binary(max_size=8), st.none(), st.floats())
+keys = st.one_of(st.sampled_from(KNOWN_KEYS), texts, any_surrogates, st.integers(), st.binary(max_size=8), st.none(), st.floats())
 values = st.recursive(
     scalars,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=5),
