@@ -1,0 +1,218 @@
+"""The HTTP endpoint Prometheus and Kubernetes talk to: ``/metrics``, ``/healthz``, ``/readyz``.
+
+:class:`MetricsHTTPServer` runs the standard library's threading HTTP server
+in its own daemon thread, not on the asyncio loop, because a scrape is
+blocking work: collectors build families from snapshots (CPU-bound), the GPU
+collector makes blocking NVML calls, and prometheus-client renders text.
+Done on the event loop, a large scrape would stop record intake for its whole
+duration (the article's exporter's ``/metrics`` stalls for seconds under
+load); in a thread, the interpreter switches back to the loop every 5 ms
+(``sys.getswitchinterval()``), so intake slows during a scrape but never
+stops. It is also what prometheus-client's own ``start_http_server`` does.
+
+Limits, each bounded so that a misbehaving client cannot pile up threads:
+
+- :data:`MAX_CONNECTIONS` connections at once; more are closed on accept;
+- :data:`REQUEST_TIMEOUT` seconds to send a request (slow clients);
+- one scrape renders at a time (:data:`RENDER_WAIT`): renders are CPU-bound
+  under one GIL, so running two at once only makes both slower;
+- the request line and headers are bounded by ``http.server`` (64 KiB line,
+  100 headers).
+
+``/metrics`` negotiates the format like prometheus-client: OpenMetrics 1.0
+(with exemplars) when ``Accept`` asks for ``application/openmetrics-text``,
+else the Prometheus text format 0.0.4; gzip when ``Accept-Encoding`` allows.
+``/healthz`` answers 200 while the process serves HTTP (liveness);
+``/readyz`` answers 200 only while ``ready()`` is true (the Forward listener
+is bound and not shutting down), else 503.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+#: Connections served at once. Prometheus (one or an HA pair) holds one per
+#: scrape, kubelet one per probe; 16 leaves room for a human with curl.
+MAX_CONNECTIONS = 16
+#: Seconds a client has to send its request, and the socket timeout for the
+#: reply. 10 s, Prometheus' default scrape_timeout: a scraper will have given
+#: up by then anyway.
+REQUEST_TIMEOUT = 10.0
+#: Seconds a scrape waits for another scrape's render to finish before it is
+#: answered 503. Same reason as REQUEST_TIMEOUT.
+RENDER_WAIT = 10.0
+
+_PLAIN = "text/plain; charset=utf-8"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Re-binding right after a restart must not fail on TIME_WAIT.
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], family: int,
+                 owner: MetricsHTTPServer) -> None:
+        self.address_family = family
+        self.owner = owner
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.owner.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = REQUEST_TIMEOUT
+    server_version = "qwen-fluent"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def _other(self) -> None:
+        self._reply(405, b"method not allowed; use GET\n", _PLAIN, body=True, extra=[("Allow", "GET, HEAD")])
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other
+
+    def _serve(self, body: bool) -> None:
+        owner = self.server.owner
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._metrics(owner, body)
+        elif path == "/healthz":
+            self._reply(200, b"ok\n", _PLAIN, body)
+        elif path == "/readyz":
+            try:
+                ready = bool(owner.ready())
+            except Exception:  # noqa: BLE001 - a failing check means not ready
+                log.exception("readiness check failed")
+                ready = False
+            if ready:
+                self._reply(200, b"ready\n", _PLAIN, body)
+            else:
+                self._reply(503, b"not ready\n", _PLAIN, body)
+        elif path == "/":
+            self._reply(200, b"qwen-fluent: /metrics /healthz /readyz\n", _PLAIN, body)
+        else:
+            self._reply(404, b"not found; try /metrics\n", _PLAIN, body)
+
+    def _metrics(self, owner: MetricsHTTPServer, body: bool) -> None:
+        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        if not owner._render_lock.acquire(timeout=RENDER_WAIT):
+            self._reply(503, b"another scrape is rendering; try again\n", _PLAIN, body)
+            return
+        try:
+            output = encoder(owner.registry)
+        except Exception:  # noqa: BLE001 - a broken collector must not kill the endpoint
+            log.exception("rendering /metrics failed")
+            self._reply(500, b"rendering metrics failed; see the receiver's log\n", _PLAIN, body)
+            return
+        finally:
+            owner._render_lock.release()
+        extra = []
+        if gzip_accepted(self.headers.get("Accept-Encoding", "")):
+            # Level 1: text exposition compresses ~10x at level 1 already,
+            # and higher levels cost scrape latency for a few percent.
+            output = gzip.compress(output, compresslevel=1)
+            extra.append(("Content-Encoding", "gzip"))
+        extra.append(("Vary", "Accept, Accept-Encoding"))
+        self._reply(200, output, content_type, body, extra)
+
+    def _reply(self, code: int, payload: bytes, content_type: str, body: bool,
+               extra: list[tuple[str, str]] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in extra or ():
+            self.send_header(name, value)
+        self.end_headers()
+        if body:
+            self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+        log.debug("http %s %s", self.address_string(), format % args)
+
+
+class MetricsHTTPServer:
+    """Serves ``registry`` on ``/metrics`` plus ``/healthz`` and ``/readyz``, from a thread.
+
+    ``port`` 0 picks a free port; :attr:`port` is the bound one after
+    :meth:`start`. :meth:`stop` closes the socket and joins the thread.
+    """
+
+    def __init__(self, host: str, port: int, registry: Collector,
+                 ready: Callable[[], bool] = lambda: True) -> None:
+        self.host = host
+        self.requested_port = port
+        self.registry = registry
+        self.ready = ready
+        #: Connections closed on accept because MAX_CONNECTIONS were open.
+        self.refused = 0
+        self._render_lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self.requested_port
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Bind and serve in a daemon thread. Raises ``OSError`` if the address is taken."""
+        if self._server is not None:
+            return
+        host = self.host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._server = _Server((host, self.requested_port), _Handler, family, self)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
+                                        name="qwen-fluent-http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and release the port; waits for the serving thread."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(REQUEST_TIMEOUT)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> MetricsHTTPServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
