@@ -146,16 +146,22 @@ def _packed_entries(payload: bytes, limits: Limits, invalid: dict[str, int]) -> 
     unpacker = msgpack.Unpacker(max_buffer_size=max(len(payload), 1), **unpacker_options(limits))
     unpacker.feed(payload)
     items: list[Any] = []
+    tell = unpacker.tell
+    # Where the last whole entry ended. Unpacker.tell() is exact only right
+    # after an object was returned: once the payload runs out in the middle of
+    # an entry it also counts the bytes of that partial entry.
+    end = 0
     try:
         for item in unpacker:
             items.append(item)
+            end = tell()
             if len(items) > limits.max_array_len:
                 raise MalformedMessage(f"packed payload holds more than {limits.max_array_len} entries")
     except ForwardError:
         raise
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise translate_msgpack_error(exc) from None
-    if unpacker.tell() != len(payload):
+    if end != len(payload):
         raise MalformedMessage("packed payload ends in the middle of an entry")
     return items
 
