@@ -156,7 +156,8 @@ def _packed_entries(payload: bytes, limits: Limits, invalid: dict[str, int]) -> 
             items.append(item)
             end = tell()
             if len(items) > limits.max_array_len:
-                raise MalformedMessage(f"packed payload holds more than {limits.max_array_len} entries")
+                # the same bound as on a Forward mode entries array
+                raise ContainerTooLarge(f"packed payload holds more than {limits.max_array_len} entries")
     except ForwardError:
         raise
     except Exception as exc:  # msgpack raises several unrelated types on bad input
