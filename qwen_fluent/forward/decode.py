@@ -168,8 +168,19 @@ def _packed_entries(payload: bytes, limits: Limits, invalid: dict[str, int]) -> 
 
 
 def _signal(options: dict[Any, Any]) -> int:
+    """The ``fluent_signal`` option: 0 logs, 1 metrics, 2 traces.
+
+    Fluent Bit sends an integer; Envoy's Fluentd tracer sends the string
+    ``"2"`` (with its spans in Forward mode), so a short string of digits
+    counts too. Anything else is logs, the protocol's default.
+    """
     signal = options.get("fluent_signal", 0)
-    return signal if type(signal) is int else 0
+    kind = type(signal)
+    if kind is int:
+        return signal
+    if kind is str and 0 < len(signal) <= 3 and signal.isascii() and signal.isdigit():
+        return int(signal)
+    return 0
 
 
 def decode_message(obj: Any, nbytes: int, limits: Limits) -> Message | SkippedMessage:
@@ -233,7 +244,10 @@ def decode_message(obj: Any, nbytes: int, limits: Limits) -> Message | SkippedMe
     signal = _signal(options)
     if signal != 0:
         size = options.get("size")
-        count = size if type(size) is int and size > 0 else 1
+        if type(size) is int and size > 0:
+            count = size
+        else:
+            count = len(second) if mode is Mode.FORWARD and second else 1
         return SkippedMessage(tag, signal, mode, chunk, count, nbytes, "non_log_signal")
 
     invalid: dict[str, int] = {}
