@@ -255,6 +255,14 @@ def decode_message(obj: Any, nbytes: int, limits: Limits) -> Message | SkippedMe
         entries = decode_entries(second, invalid)
     elif mode is Mode.MESSAGE:
         entries = decode_entries([[second, obj[2]]], invalid)
+        # Fluent Bit's in_forward takes a Message's metadata from its option
+        # map (``metadata``, which must be a map) when the time is a plain time.
+        metadata = options.get("metadata")
+        if metadata is not None:
+            if type(metadata) is not dict:
+                raise MalformedMessage(f"metadata option must be a map, got {type(metadata).__name__}")
+            if entries and entries[0].metadata is None:
+                entries[0] = entries[0]._replace(metadata=metadata)
     else:
         payload = second.encode("utf-8", "surrogateescape") if kind is str else second
         if mode is Mode.COMPRESSED_PACKED_FORWARD:
