@@ -48,6 +48,10 @@ from .limits import Limits
 
 _EVENT_TIME = struct.Struct(">II")
 
+#: What a decoded time can be: int or float seconds, EventTime (already a float, see
+#: ext_hook) or a msgpack Timestamp. A bool is not one (``type(True) is bool``).
+_TIME_TYPES = (float, int, msgpack.Timestamp)
+
 #: Reasons an entry is counted as invalid (label values of the ``invalid`` outcome).
 INVALID_ENTRY = "entry_not_pair"
 INVALID_TIME = "bad_time"
@@ -194,11 +198,11 @@ def decode_message(obj: Any, nbytes: int, limits: Limits) -> Message | SkippedMe
     second = obj[1]
     kind = type(second)
 
-    is_message = kind is float or kind is int or kind is msgpack.Timestamp
+    is_message = kind in _TIME_TYPES
     if (
         kind is list
         and len(second) == 2
-        and type(second[0]) is not list
+        and type(second[0]) in _TIME_TYPES
         and type(second[1]) is dict
         and len(obj) >= 3
         and type(obj[2]) is dict
