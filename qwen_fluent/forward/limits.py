@@ -5,10 +5,13 @@ from the configuration file (``[limits]`` section) or the command line. Each
 default says why it is what it is. The core (:mod:`.connection`) enforces the
 message-level limits; the asyncio server enforces the connection-level ones.
 
-Worst-case memory for decoding is about ``max_connections x
-(max_message_bytes + max_decompressed_bytes)``; with the defaults a burst of
-every connection sending its largest message at once is bounded, and the usual
-case (two Fluent Bit workers per node, chunks of about 2 MB) is far below it.
+Memory: buffered input is at most ``max_connections x max_message_bytes``.
+Messages are decoded one at a time on the event loop, and decoding one costs
+up to about 75 x ``max(max_message_bytes, max_decompressed_bytes)`` for
+hostile input (a one-byte msgpack container becomes a 64-byte Python object;
+measured in docs/forward.md, held to 100x by tests/forward/test_fuzz.py), a
+few times its size for real records. The usual case (two Fluent Bit workers
+per node, chunks of about 2 MB) is far below either bound.
 """
 
 from __future__ import annotations
