@@ -95,6 +95,7 @@ class _ForwardProtocol(asyncio.Protocol):
         self.closing = False
         self._idle: asyncio.TimerHandle | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self.reading_paused = False
 
     # -- asyncio callbacks ---------------------------------------------------
 
@@ -140,6 +141,24 @@ class _ForwardProtocol(asyncio.Protocol):
             self.conn.receive_data(b"")
             self._process()
         return False  # let asyncio close the transport
+
+    def pause_writing(self) -> None:
+        """The peer is not reading what we write (its acks): stop reading from it.
+
+        asyncio calls this when the transport's write buffer passes its
+        high-water mark (64 KiB by default). A client that sends chunks with
+        ``chunk`` options but never reads the acks would otherwise make the
+        acks pile up in memory without bound; once reading is paused, the
+        buffer holds at most the mark plus the acks of one read.
+        """
+        if self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+            self.reading_paused = True
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and self.reading_paused and not self.closing:
+            self.transport.resume_reading()
+        self.reading_paused = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         for timer in (self._idle, self._handshake_timer):
