@@ -162,6 +162,7 @@ class LLMMetrics:
         self.unrecognised: Counter[str] = Counter({r: 0 for r in UNRECOGNISED_REASONS})
         #: Label sets removed by :meth:`expire`, all groups together.
         self.expired = 0
+        self._reports = 0  # GPU-memory reports so far
         # Expiry epochs: series store the epoch of their last update (an int
         # store, no clock read per record); expire() closes the current epoch
         # at ``now`` and remembers when each epoch ended.
@@ -219,9 +220,11 @@ class LLMMetrics:
                 s.ot_counts[bisect_left(self._otok, v)] += 1
                 s.ot_sum += v
             v = outcome.gpu_memory_bytes
-            if v is not None:
+            if v is not None and ts >= s.gpu_ts:  # the newest report wins, ties by arrival
                 s.gpu = v
                 s.gpu_ts = ts
+                self._reports += 1  # arrival order breaks timestamp ties across label sets
+                s.gpu_seq = self._reports
         elif type(outcome) is LogEvent:
             key = (outcome.level,) + self._src_key(outcome.source)
             log = self._logs.get(key)
@@ -371,7 +374,8 @@ class LLMMetrics:
             at = self._status_at
             seen: dict[tuple[str, ...], set[str]] = {}
             for _, s in rows:
-                seen.setdefault(s.key[:at] + s.key[at + 1:], set()).add(s.key[at])
+                if s.key[at] != self._overflow:  # a folded label set is not a status's home
+                    seen.setdefault(s.key[:at] + s.key[at + 1:], set()).add(s.key[at])
             for rest, statuses in seen.items():
                 for status in STATUSES:
                     if status not in statuses:
@@ -412,19 +416,21 @@ class LLMMetrics:
         # Per-pod gauges, grouped from the request label sets.
         pick = self._req_to_pod
         last: dict[tuple[str, ...], float] = {}
-        gpu: dict[tuple[str, ...], tuple[float, float]] = {}
+        gpu: dict[tuple[str, ...], tuple[float, int, float]] = {}
         for _, s in rows:
             key = tuple(s.key[i] for i in pick)
             if s.last_ts > last.get(key, -math.inf):
                 last[key] = s.last_ts
             value = s.gpu
-            if value is not None and s.gpu_ts >= gpu.get(key, (-math.inf, 0.0))[0]:
-                gpu[key] = (s.gpu_ts, value)
+            if value is not None:
+                report = (s.gpu_ts, s.gpu_seq, value)
+                if report > gpu.get(key, (-math.inf, 0, 0.0)):
+                    gpu[key] = report
         pod_names = self._pod_names
         fam = GaugeMetricFamily(f"{ns}_gpu_memory_reported_bytes",
                                 "GPU memory the inference server last reported in a request log, bytes.",
                                 labels=pod_names, unit="bytes")
-        for key, (_, value) in gpu.items():
+        for key, (_, _, value) in gpu.items():
             fam.add_metric(key, value)
         yield fam
         fam = GaugeMetricFamily(f"{ns}_last_request_timestamp_seconds",

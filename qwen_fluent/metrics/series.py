@@ -27,8 +27,8 @@ class RequestSeries:
     inference, ``f`` time to first token, ``p`` time per output token, ``it``
     input tokens, ``ot`` output tokens. The token counters
     (``input_tokens_total``...) are the token histograms' sums. ``last_ts``
-    (newest record timestamp) and ``gpu``/``gpu_ts`` (last reported GPU
-    memory and when) feed the per-pod gauges, which are grouped at scrape
+    (newest record timestamp) and ``gpu``/``gpu_ts``/``gpu_seq`` (last
+    reported GPU memory, its timestamp and arrival number) feed the per-pod gauges, which are grouped at scrape
     time rather than kept per record.
     """
 
@@ -41,7 +41,7 @@ class RequestSeries:
         "p_counts", "p_sum",
         "it_counts", "it_sum",
         "ot_counts", "ot_sum",
-        "last_ts", "gpu", "gpu_ts",
+        "last_ts", "gpu", "gpu_ts", "gpu_seq",
     )
 
     def __init__(self, key: tuple[str, ...], group: tuple[str, ...], touched: int,
@@ -70,6 +70,7 @@ class RequestSeries:
         self.last_ts = float("-inf")
         self.gpu: float | None = None
         self.gpu_ts = float("-inf")
+        self.gpu_seq = 0
 
 
 class LogSeries:

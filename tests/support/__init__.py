@@ -1,0 +1,1 @@
+"""Shared test helpers: a real Prometheus harness and a Forward client."""
