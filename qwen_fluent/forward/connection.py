@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import msgpack
 
-from .decode import decode_message, translate_msgpack_error, unpacker_options
+from .decode import ObjectBudget, decode_message, translate_msgpack_error, unpacker_options
 from .errors import (
     ConnectionClosedError,
     ForwardError,
@@ -80,9 +80,10 @@ class ForwardConnection:
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.limits = limits or Limits()
+        self._budget = ObjectBudget(self.limits.max_objects)
         self._unpacker = msgpack.Unpacker(
             max_buffer_size=self.limits.max_message_bytes + _FEED_STEP,
-            **unpacker_options(self.limits),
+            **unpacker_options(self.limits, self._budget),
         )
         self._pending = bytearray()  # received, not yet fed to msgpack
         self._fed = 0  # total bytes fed to msgpack
@@ -142,6 +143,9 @@ class ForwardConnection:
         except ForwardError:
             self.state = State.CLOSED
             raise
+        finally:
+            # The next message starts with the whole object budget.
+            self._budget.reset()
 
     def _next_object(self) -> tuple[Any, int]:
         unpacker = self._unpacker
@@ -165,6 +169,8 @@ class ForwardConnection:
                         ) from None
                     return _END, 0
                 return NEED_DATA, 0
+            except ForwardError:
+                raise  # the object budget's own error, raised from inside msgpack's hooks
             except Exception as exc:  # msgpack raises several unrelated types on bad input
                 raise translate_msgpack_error(exc) from None
             end = unpacker.tell()
@@ -188,7 +194,7 @@ class ForwardConnection:
             return AuthSucceeded(result.hostname, result.username)
         if obj is None:
             return Heartbeat(nbytes)
-        return decode_message(obj, nbytes, self.limits)
+        return decode_message(obj, nbytes, self.limits, self._budget)
 
     # -- output --------------------------------------------------------------
 

@@ -51,6 +51,12 @@ class ContainerTooLarge(LimitExceeded):
     reason = "container_too_large"
 
 
+class TooManyObjects(LimitExceeded):
+    """One message decodes to more maps and arrays than ``Limits.max_objects``."""
+
+    reason = "too_many_objects"
+
+
 class NestingTooDeep(LimitExceeded):
     """msgpack containers nest deeper than the decoder allows."""
 
@@ -100,6 +106,7 @@ REASONS = tuple(
                 MessageTooLarge,
                 DecompressedTooLarge,
                 ContainerTooLarge,
+                TooManyObjects,
                 NestingTooDeep,
                 BadCompression,
                 AuthenticationRequired,

@@ -6,12 +6,16 @@ default says why it is what it is. The core (:mod:`.connection`) enforces the
 message-level limits; the asyncio server enforces the connection-level ones.
 
 Memory: buffered input is at most ``max_connections x max_message_bytes``.
-Messages are decoded one at a time on the event loop, and decoding one costs
-up to about 75 x ``max(max_message_bytes, max_decompressed_bytes)`` for
-hostile input (a one-byte msgpack container becomes a 64-byte Python object;
-measured in docs/forward.md, held to 100x by tests/forward/test_fuzz.py), a
-few times its size for real records. The usual case (two Fluent Bit workers
-per node, chunks of about 2 MB) is far below either bound.
+Messages are decoded one at a time on the event loop. Decoding real records
+costs a few times their size; hostile input costs more, because small msgpack
+values become large Python objects. Containers are the worst (an empty map:
+1 byte on the wire, a 64-byte dict), so ``max_objects`` counts them; the rest
+(a 2-character string: 3 bytes on the wire, about 60 in Python) stays within
+about 20 x ``max(max_message_bytes, max_decompressed_bytes)``. Measured with
+tracemalloc on the defaults (docs/forward.md): a gzip'd message of under
+30 KB that expands to 8 MiB of short strings peaks at about 170 MB; one of
+empty containers stops at ``max_objects`` near 90 MB. The usual case (two
+Fluent Bit workers per node, chunks of about 2 MB) is far below that.
 """
 
 from __future__ import annotations
@@ -28,21 +32,25 @@ class Limits:
 
     #: Largest single Forward message, as bytes on the wire. This is also the
     #: largest number of bytes buffered for a connection. Fluent Bit flushes
-    #: chunks of about 2 MB and Fluentd's memory buffer caps chunks at 8 MiB
-    #: (``chunk_limit_size``); 16 MiB takes either with room to spare.
-    max_message_bytes: int = 16 * MiB
+    #: chunks of at most about 2 MB, and Fluentd's memory buffer caps chunks at
+    #: 8 MiB (``chunk_limit_size``); 8 MiB takes either. A Fluentd aggregator
+    #: with a file buffer's larger chunks needs this raised.
+    max_message_bytes: int = 8 * MiB
 
     #: Largest payload after gunzip (CompressedPackedForward), summed over all
-    #: gzip members of one message. JSON logs compress 5 to 10 times; 64 MiB is
-    #: 4x the largest message, and stops a gzip bomb (1000:1 and more) early,
-    #: because decompression is done in bounded steps and stops at the limit.
-    max_decompressed_bytes: int = 64 * MiB
+    #: gzip members of one message. The client compresses one chunk, so this is
+    #: a chunk's own size: 8 MiB is 4x a Fluent Bit chunk and Fluentd's memory
+    #: chunk limit. It stops a gzip bomb (1000:1 and more) early, because
+    #: decompression is done in bounded steps and stops at the limit; and it
+    #: bounds what a small compressed message can make the decoder allocate
+    #: (see the module docstring).
+    max_decompressed_bytes: int = 8 * MiB
 
     #: Longest msgpack str or bin. A log line of megabytes is already a bug;
     #: the cap exists so a 5-byte header cannot ask for gigabytes. The
-    #: PackedForward payload is a str/bin too, so it is at least as large as a
-    #: message can be.
-    max_str_bytes: int = 16 * MiB
+    #: PackedForward payload is a str/bin too, so it is as large as a message
+    #: can be.
+    max_str_bytes: int = 8 * MiB
 
     #: Most elements in one msgpack array: the entries of one Forward message.
     #: A 16 MiB message of 60-byte records holds about 280k entries; 1M leaves
@@ -52,6 +60,14 @@ class Limits:
     #: Most keys in one msgpack map (one record, or the kubernetes labels).
     #: Real records have tens of keys; 64k is generous and bounded.
     max_map_len: int = 65_536
+
+    #: Most maps and arrays one message may decode to, packed payload included
+    #: (see :class:`~qwen_fluent.forward.decode.ObjectBudget`). A 2 MB Fluent
+    #: Bit chunk of kubernetes-enriched records holds about 10k (about six per
+    #: record); an 8 MiB message of the smallest real records about 300k. 1M
+    #: leaves room and caps the Python objects a hostile message of empty
+    #: containers can make at about 72 MB.
+    max_objects: int = 1_000_000
 
     #: Longest msgpack ext payload. EventTime is 8 bytes; nothing in the
     #: protocol uses larger ext types, so 64 is generous.

@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qwen_fluent.forward import errors
 from qwen_fluent.forward import (
     NEED_DATA,
     AuthConfig,
@@ -382,9 +383,12 @@ AMPLIFICATION = 100
 @pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
 def test_decoded_memory_is_bounded_by_the_limits(compressed):
     """The most memory-hungry message the limits allow costs at most AMPLIFICATION x its bytes."""
-    limits = Limits(max_message_bytes=1 << 20, max_decompressed_bytes=1 << 20, max_array_len=1 << 20)
-    # one entry whose record holds one array of as many empty maps as fit
     n = (1 << 20) - 64
+    # max_objects would stop this message first; raised here so the byte limits alone are tested
+    limits = Limits(
+        max_message_bytes=1 << 20, max_decompressed_bytes=1 << 20, max_array_len=1 << 20, max_objects=n + 10
+    )
+    # one entry whose record holds one array of as many empty maps as fit
     entry = b"\x92\x00\x81\xa1a\xdd" + struct.pack(">I", n) + b"\x80" * n
     if compressed:
         data = _pack(["t", gzip.compress(entry, 9), {"compressed": "gzip"}])
@@ -396,3 +400,26 @@ def test_decoded_memory_is_bounded_by_the_limits(compressed):
     peak, error = _peak(data, limits)
     assert error is None
     assert peak <= AMPLIFICATION * budget  # ... is bounded by the limit, not by the wire size
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_object_budget_stops_container_bombs_early(compressed):
+    """With max_objects, a message of empty containers is refused before it costs 75x its size."""
+    limits = Limits(max_message_bytes=1 << 20, max_decompressed_bytes=1 << 20, max_array_len=1 << 20, max_objects=10_000)
+    n = (1 << 20) - 64
+    entry = b"\x92\x00\x81\xa1a\xdd" + struct.pack(">I", n) + b"\x80" * n
+    data = _pack(["t", gzip.compress(entry, 9), {"compressed": "gzip"}]) if compressed else _pack(["t", entry])
+    peak, error = _peak(data, limits)
+    assert isinstance(error, errors.TooManyObjects)
+    # the bytes themselves (1 MiB buffered or decompressed) plus at most 10k small objects
+    assert peak <= 4 * (1 << 20)
+
+
+def test_short_strings_cost_at_most_twenty_times_their_size():
+    """The worst non-container case documented in docs/forward.md: 2-character strings."""
+    limits = Limits(max_message_bytes=1 << 20, max_decompressed_bytes=1 << 20)
+    n = ((1 << 20) - 64) // 3
+    entry = b"\x92\x00\x81\xa1a\xdd" + struct.pack(">I", n) + b"\xa2ab" * n
+    peak, error = _peak(_pack(["t", gzip.compress(entry, 9), {"compressed": "gzip"}]), limits)
+    assert error is None
+    assert peak <= 25 * limits.max_decompressed_bytes
