@@ -13,10 +13,10 @@ linear scan per bucket).
 3. Debian's Prometheus scrapes /metrics (OpenMetrics, 1 s interval) and
    answers the article's four panels rewritten for our names: request rate by
    status, P95 latency, GPU memory, token throughput. Counts are exact; rates
-   equal the ground-truth increase over the window up to Prometheus'
-   documented extrapolation (at most 1.1 scrape intervals at each end);
-   quantiles fall in the ground truth's bucket, or are exact where
-   Prometheus' interpolation can be computed from the truth.
+   equal, to 1e-9, Prometheus 2.42's extrapolated rate computed from the
+   ground truth at the scrapes' sample times; quantiles fall in the ground
+   truth's bucket, and are exact where Prometheus' interpolation can be
+   computed from the truth.
 4. Exemplars reach Prometheus' exemplar storage with our request ids.
 
 To make rates checkable, records go in two phases: phase A sends exactly one
