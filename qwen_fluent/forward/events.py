@@ -47,8 +47,8 @@ class Message(NamedTuple):
 
     ``invalid`` counts entries that were framed correctly but could not be used
     (a record that is not a map, a time that is not a time), keyed by reason;
-    they are left out of ``entries`` and must be counted by the consumer, not
-    dropped silently. ``chunk`` is the ack id, or ``None`` when the client did
+    they are left out of ``entries`` and counted (the server adds them to
+    ``ReceiverStats.records["invalid"]``), never dropped silently. ``chunk`` is the ack id, or ``None`` when the client did
     not ask for an ack. ``size`` is the ``size`` option if the client sent one.
     ``nbytes`` is the message's size on the wire.
     """
