@@ -242,16 +242,17 @@ class Normaliser:
         if _OTHER_SPELLINGS.isdisjoint(record):
             # The common case: only the canonical keys, read inline. A value
             # that is present but unusable is missing; no other spelling exists.
+            # (NaN fails the range check and takes the slow path, which drops it.)
             value = get("input_tokens")
             input_tokens = value if type(value) is int and 0 <= value <= MAX_TOKENS else tokens(value)
             value = get("output_tokens")
             output_tokens = value if type(value) is int and 0 <= value <= MAX_TOKENS else tokens(value)
             value = get("total_time_ms")
-            total = value / 1000.0 if type(value) is int and 0 <= value <= _MAX_MS else seconds(value, _MS)
+            total = value / 1000.0 if (type(value) is int or type(value) is float) and 0 <= value <= _MAX_MS else seconds(value, _MS)
             value = get("queue_time_ms")
-            queue = value / 1000.0 if type(value) is int and 0 <= value <= _MAX_MS else seconds(value, _MS)
+            queue = value / 1000.0 if (type(value) is int or type(value) is float) and 0 <= value <= _MAX_MS else seconds(value, _MS)
             value = get("inference_time_ms")
-            inference = value / 1000.0 if type(value) is int and 0 <= value <= _MAX_MS else seconds(value, _MS)
+            inference = value / 1000.0 if (type(value) is int or type(value) is float) and 0 <= value <= _MAX_MS else seconds(value, _MS)
             value = get("gpu_memory_mb")
             memory = gpu_bytes(value, MIB) if value is not None else None
             ttft = tpot = None
