@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.prometheus import require_binary
+
 from .kustomize import build
 
 if sys.version_info >= (3, 11):
@@ -29,18 +31,6 @@ DATA = Path(__file__).resolve().parent / "data"
 OVERLAYS = ("base", "overlays/prometheus-operator", "overlays/per-process-gpu", "overlays/nvidia-default-runtime")
 
 
-def require_tool(name: str) -> str:
-    """The path of a real tool the test talks to; fail (never skip) when it is missing."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(
-            f"{name} is not installed: install Debian's prometheus package "
-            "(apt-get install prometheus; ./scripts/test does it)",
-            pytrace=False,
-        )
-    return path
-
-
 def run_tool(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run a tool; the result's stdout and stderr are joined for the assertion message."""
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=120)
@@ -48,7 +38,7 @@ def run_tool(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    return require_tool("promtool")
+    return require_binary("promtool")
 
 
 @pytest.fixture(scope="session")

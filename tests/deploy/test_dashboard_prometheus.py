@@ -13,20 +13,20 @@ scrapes. Then every panel query and every variable query must return data.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import socket
 import struct
-import threading
 import time
-from pathlib import Path
 
 import msgpack
 import pytest
 
-from .conftest import EXAMPLES, RULES_DIR, load_script, require_tool
-from .prometheus_server import PrometheusServer
+from qwen_fluent.gpu.fake_nvml import FakeNvml
+from tests.support.prometheus import PrometheusServer, require_binary
+from tests.support.receiver import ReceiverThread
+
+from .conftest import EXAMPLES, RULES_DIR, load_script
 from .test_grafana_dashboard import DASHBOARD, substitute, targets
 
 #: Batches of records, sent this far apart, so that every rate() window holds
@@ -36,63 +36,6 @@ BATCH_LINES = 30
 BATCH_GAP = 0.5
 NODE = "test-node"
 PODS = ("llm-inference-0", "llm-inference-1")
-
-
-class ReceiverThread:
-    """qwen-fluent's Receiver on its own event loop in a thread, GPU read from the fake NVML."""
-
-    def __init__(self) -> None:
-        from qwen_fluent.cli.config import load
-
-        self.config = load(
-            None,
-            {"host": "127.0.0.1", "port": 0, "metrics_host": "127.0.0.1", "metrics_port": 0},
-            environ={},
-        )
-        self.config.gpu.enabled = False  # the app would load the real pynvml; ours reads the fake
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        from qwen_fluent.app import Receiver
-        from qwen_fluent.gpu import GpuConfig
-        from qwen_fluent.gpu.fake_nvml import FakeNvml
-
-        async def main() -> None:
-            self.loop = asyncio.get_running_loop()
-            self.stop_event = asyncio.Event()
-            receiver = Receiver(self.config)
-            gpu = GpuConfig(process_attribution=False).collector(self.config.metrics.namespace, nvml=FakeNvml())
-            gpu.start()
-            receiver.registry.register(gpu)
-            await receiver.start()
-            self.forward_port = receiver.forward.port
-            self.metrics_port = receiver.http.port
-            self._ready.set()
-            try:
-                await self.stop_event.wait()
-            finally:
-                await receiver.stop()
-                gpu.close()
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # reported by start()
-            self._error = exc
-            self._ready.set()
-
-    def start(self) -> None:
-        self._thread.start()
-        self._ready.wait(30)
-        if self._error is not None:
-            raise self._error
-        assert self._ready.is_set(), "receiver did not start"
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.stop_event.set)
-            self._thread.join(30)
 
 
 def fluent_bit_record(line: str, pod: str, fake) -> dict:
@@ -150,19 +93,15 @@ def has_data(result: list[dict]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def scraped(tmp_path_factory: pytest.TempPathFactory):
-    prometheus_binary = require_tool("prometheus")
+def scraped():
+    require_binary("prometheus")
     fake = load_script(EXAMPLES / "compose" / "fake_inference.py")
-    receiver = ReceiverThread()
-    receiver.start()
-    try:
-        scrape = [{
-            "job_name": "qwen-fluent",
-            "static_configs": [{"targets": [f"127.0.0.1:{receiver.metrics_port}"], "labels": {"node": NODE}}],
-        }]
-        rules = sorted(RULES_DIR.glob("*.rules.yml"))
-        with PrometheusServer(prometheus_binary, tmp_path_factory.mktemp("prometheus"), scrape, rules) as prom:
-            assert prom.wait_until('up{job="qwen-fluent"} == 1'), prom.logs()
+    rules = tuple(sorted(RULES_DIR.glob("*.rules.yml")))
+    # Deployed, the GPU gauges come from NVML on the node; here from the fake.
+    with ReceiverThread(nvml=FakeNvml()) as receiver:
+        with PrometheusServer([f"127.0.0.1:{receiver.metrics_port}"], job="qwen-fluent", labels={"node": NODE},
+                              features=(), rule_files=rules) as prom:
+            prom.wait_until_up()
             lines = fake.lines(seed=7, start=time.time())
             for batch in range(BATCHES):
                 records = [fluent_bit_record(next(lines)[1], PODS[i % 2], fake) for i in range(BATCH_LINES)]
@@ -171,11 +110,9 @@ def scraped(tmp_path_factory: pytest.TempPathFactory):
                     send_garbage(receiver.forward_port)
                 time.sleep(BATCH_GAP)
             # The recorded rates need two evaluations after the last batch.
-            prom.wait_until("namespace_model:qwen_request_duration_seconds:p99_5m")
+            prom.wait_for("namespace_model:qwen_request_duration_seconds:p99_5m")
             time.sleep(2)
             yield prom
-    finally:
-        receiver.stop()
 
 
 @pytest.mark.prometheus

@@ -2,7 +2,9 @@
 
 :class:`PrometheusServer` runs Debian's ``prometheus`` binary (2.42 here) on a
 free loopback port with a generated configuration (1 s scrape and evaluation
-interval, the given targets under one job), in a temporary directory it owns.
+interval, the given targets under one job, optionally with the shipped
+recording and alert rules and extra target labels, as a deployment has them),
+in a temporary directory it owns.
 It talks to it only through the HTTP API. A missing binary is a test
 failure, never a skip: :func:`require_binary` says how to install it.
 
@@ -42,12 +44,13 @@ class PrometheusError(RuntimeError):
 
 
 def require_binary(name: str = "prometheus") -> str:
-    """The path of ``prometheus`` or ``promtool``; fails the calling test when missing."""
+    """The path of ``prometheus`` or ``promtool``; fails (never skips) the calling test when missing."""
     path = shutil.which(name)
     if path is None:
         pytest.fail(
             f"{name} is not installed; this test needs a real one: apt-get install -y prometheus "
-            "(Debian's package; stop its service afterwards, tests start their own)",
+            "(Debian's package, ./scripts/test installs it; stop its service afterwards, tests start "
+            "their own)",
             pytrace=False,
         )
     return path
@@ -65,8 +68,10 @@ class PrometheusServer:
 
     ``features`` are ``--enable-feature`` values (``exemplar-storage`` lets
     :meth:`query_exemplars` see OpenMetrics exemplars). ``job`` names the
-    scrape job; ``rule_files`` are loaded and evaluated every second;
-    ``extra_scrape_configs`` are appended as they are.
+    scrape job; ``labels`` are added to every target of it (a deployment's
+    ``node``, say, as the ServiceMonitor relabels it); ``rule_files`` are
+    loaded and evaluated every second; ``extra_scrape_configs`` are appended
+    as they are.
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class PrometheusServer:
         targets: list[str],
         *,
         job: str = "qwen-fluent",
+        labels: dict[str, str] | None = None,
         features: tuple[str, ...] = ("exemplar-storage",),
         rule_files: tuple[Path, ...] = (),
         extra_scrape_configs: tuple[dict[str, Any], ...] = (),
@@ -85,11 +91,11 @@ class PrometheusServer:
         self.features = features
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        static = {"targets": self.targets, "labels": dict(labels or {})}
         self.config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(p) for p in rule_files],
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": self.targets}]},
-                               *extra_scrape_configs],
+            "scrape_configs": [{"job_name": job, "static_configs": [static]}, *extra_scrape_configs],
         }
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -178,6 +184,10 @@ class PrometheusServer:
     def query_exemplars(self, expr: str, start: float, end: float) -> list[dict[str, Any]]:
         """Exemplars of the series ``expr`` selects (needs the exemplar-storage feature)."""
         return self.api("query_exemplars", [("query", expr), ("start", repr(start)), ("end", repr(end))])
+
+    def label_values(self, label: str, match: str) -> list[str]:
+        """The values of ``label`` on the series ``match`` selects (Grafana's ``label_values(match, label)``)."""
+        return self.api(f"label/{label}/values", [("match[]", match)])
 
     def targets_status(self) -> list[dict[str, Any]]:
         """The active targets with their health and last error."""

@@ -1,9 +1,12 @@
 """The assembled receiver (``qwen_fluent.app.Receiver``) on loopback, in a thread, for end-to-end tests.
 
 It is what ``qwen-fluent serve`` runs: the Forward server, the normaliser, the
-metrics and the /metrics endpoint, with free ports and the GPU collector off
-(no GPU here). The event loop runs in its own thread so that a test can talk
-to it with blocking sockets and HTTP.
+metrics and the /metrics endpoint, with free ports. The app's own GPU
+collector is off: it would load the real pynvml, and there is no GPU here. A
+test that needs GPU gauges passes ``nvml`` (``qwen_fluent.gpu.fake_nvml.FakeNvml()``)
+and gets a collector reading it, registered on the receiver's registry. The
+event loop runs in its own thread so that a test can talk to it with blocking
+sockets and HTTP.
 """
 
 from __future__ import annotations
@@ -17,16 +20,24 @@ TIMEOUT = 30.0
 
 
 class ReceiverThread:
-    """Start with :meth:`start` (or ``with``); ``forward_port`` and ``metrics_port`` are then bound."""
+    """Start with :meth:`start` (or ``with``); ``forward_port`` and ``metrics_port`` are then bound.
 
-    def __init__(self, flags: dict[str, Any] | None = None) -> None:
+    ``flags`` override the configuration as command-line flags do. ``nvml``,
+    when given, is the NVML module a GPU collector reads (without per-process
+    attribution, which needs the GPU processes' /proc); ``gpu`` is then that
+    collector, started before the receiver and closed after it.
+    """
+
+    def __init__(self, flags: dict[str, Any] | None = None, *, nvml: Any = None) -> None:
         from qwen_fluent.cli.config import load
 
         base = {"host": "127.0.0.1", "port": 0, "metrics_host": "127.0.0.1", "metrics_port": 0}
         self.config = load(None, {**base, **(flags or {})}, environ={})
         if self.config.gpu is not None:
             self.config.gpu.enabled = False
+        self.nvml = nvml
         self.receiver: Any = None
+        self.gpu: Any = None
         self.forward_port = 0
         self.metrics_port = 0
         self._ready = threading.Event()
@@ -40,14 +51,26 @@ class ReceiverThread:
             self.loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
             self.receiver = Receiver(self.config)
-            await self.receiver.start()
-            self.forward_port = self.receiver.forward.port
-            self.metrics_port = self.receiver.http.port
-            self._ready.set()
+            if self.nvml is not None:
+                from qwen_fluent.gpu import GpuConfig
+
+                self.gpu = GpuConfig(process_attribution=False).collector(
+                    self.config.metrics.namespace, nvml=self.nvml)
             try:
-                await self._stop.wait()
+                if self.gpu is not None:
+                    self.gpu.start()
+                    self.receiver.registry.register(self.gpu)
+                await self.receiver.start()
+                self.forward_port = self.receiver.forward.port
+                self.metrics_port = self.receiver.http.port
+                self._ready.set()
+                try:
+                    await self._stop.wait()
+                finally:
+                    await self.receiver.stop()
             finally:
-                await self.receiver.stop()
+                if self.gpu is not None:
+                    self.gpu.close()
 
         try:
             asyncio.run(main())
