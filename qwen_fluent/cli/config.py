@@ -124,48 +124,42 @@ ENV_PREFIX = "QWEN_FLUENT_"
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
-    """Check (and, for strings from the environment, convert) a value against its default's type."""
-    if default is None or isinstance(default, (list, dict, tuple)) and not isinstance(value, str):
-        if isinstance(default, (list, tuple)) and not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        if isinstance(default, dict) and not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a table, got {value!r}")
-        return value
+    """Check a value against its default's type; strings (from the environment) are converted."""
     if isinstance(default, bool):
-        if isinstance(value, str):
-            lowered = value.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+            return _BOOLEANS[value.strip().lower()]
         raise ConfigError(f"{where} must be true or false, got {value!r}")
-    if isinstance(default, int) and not isinstance(value, bool):
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where} must be an integer, got {value!r}")
-    if isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where} must be a number, got {value!r}")
+    for kind, noun in ((int, "an integer"), (float, "a number")):
+        if type(default) is kind:
+            if isinstance(value, str):
+                try:
+                    return kind(value)
+                except ValueError:
+                    pass
+            # an integer is a fine float; a float is not a fine integer; a bool is neither
+            elif type(value) is kind or (kind is float and type(value) is int):
+                return kind(value)
+            raise ConfigError(f"{where} must be {noun}, got {value!r}")
     if isinstance(default, str):
         if isinstance(value, str):
             return value
         raise ConfigError(f"{where} must be a string, got {value!r}")
-    if isinstance(default, (list, tuple)) and isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
+    if isinstance(default, (list, tuple)):
+        if isinstance(value, str):  # "a, b" from an environment variable
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            return value
+        raise ConfigError(f"{where} must be a list, got {value!r}")
+    if isinstance(default, dict):
+        if isinstance(value, dict):
+            return value
+        raise ConfigError(f"{where} must be a table, got {value!r}")
+    return value  # no default to compare with: the section's own dataclass checks it
+
+
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 def _defaults(cls: type) -> dict[str, Any]:
