@@ -61,7 +61,14 @@ class LogEvent(NamedTuple):
 
 
 class EngineStats(NamedTuple):
-    """vLLM's periodic engine stats line, as gauges. ``None`` where the line lacked a field."""
+    """vLLM's periodic engine stats line, as gauges. ``None`` where the line lacked a field.
+
+    ``engine`` is the engine index vLLM prints (``Engine 001:`` gives ``"1"``):
+    a data-parallel vLLM (v1 engine) prints one line per engine from the same
+    pod, so the index tells their gauges apart. Empty for the v0 line, which
+    has none. It comes last, with a default, so that existing positional
+    constructions keep their meaning.
+    """
 
     prompt_throughput: float | None  # tokens/s
     generation_throughput: float | None  # tokens/s
@@ -73,6 +80,7 @@ class EngineStats(NamedTuple):
     prefix_cache_hit_rate: float | None  # ratio 0..1
     model: str
     source: Source
+    engine: str = ""  # the engine index vLLM prints, e.g. "0"; empty for the v0 line that has none
 
 
 class PromptChange(NamedTuple):
