@@ -57,7 +57,7 @@ from .values import (
     strip_ansi,
     tokens,
 )
-from .vllm import looks_like_stats, parse_stats
+from .vllm import engine_index, looks_like_stats, parse_stats
 
 _MS = 1000.0  # units per second
 _S = 1.0
@@ -413,7 +413,7 @@ class Normaliser:
         if self._vllm and looks_like_stats(line):
             values = parse_stats(line)
             if values is not None:
-                return EngineStats(*values, label_model, source)
+                return EngineStats(*values, label_model, source, engine_index(line))
         if self._tgi and looks_like_plain_success(line):
             timings = plain_success(line)
             if timings is not None:

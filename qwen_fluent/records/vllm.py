@@ -20,8 +20,12 @@ The shapes across versions:
 
 Fields are read by name, in any order, and any subset is accepted (a line cut
 short still yields what it holds); ``Pending`` and ``Waiting`` are the same
-gauge. Percentages become ratios 0..1. The engine index is not kept: the
-contract's :class:`~qwen_fluent.records.events.EngineStats` has no field for it.
+gauge. Percentages become ratios 0..1.
+
+The v1 line's engine index (``Engine 001:``) is kept, without its leading
+zeros (``"1"``), as :attr:`~qwen_fluent.records.events.EngineStats.engine`:
+with data parallelism one pod prints a line per engine, and only the index
+tells them apart. The v0 line has none and gives ``""``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ _FIELD = re.compile(
     r"|GPU KV cache usage|CPU KV cache usage|KV cache usage|Prefix cache hit rate(?:: GPU)?)"
     r": ([0-9]{1,12}(?:\.[0-9]{1,12})?)"
 )
+
+#: vLLM prints ``"Engine %03d: "``. Six digits: an index is a data-parallel
+#: rank, far below a million; a longer digit run is not an index.
+_ENGINE = re.compile(r"Engine ([0-9]{1,6}): ")
 
 #: Which EngineStats slot each name fills, and the factor to apply (percent -> ratio).
 _SLOTS: dict[str, tuple[int, float]] = {
@@ -69,3 +77,9 @@ def parse_stats(line: str) -> list[Any] | None:
         values[slot] = value
         found = True
     return values if found else None
+
+
+def engine_index(line: str) -> str:
+    """The engine index of a v1 stats line without leading zeros (``"000"`` -> ``"0"``), else ``""``."""
+    match = _ENGINE.search(line)
+    return str(int(match.group(1))) if match is not None else ""

@@ -33,7 +33,24 @@ def test_v0_prefix_cache_line_takes_the_gpu_rate():
 
 @pytest.mark.parametrize("line", [V1, V1_PROCESS_PREFIX])
 def test_v1_engine_line(line):
-    assert stats(line) == EngineStats(0.0, 12.4, 1.0, 4.0, None, 0.002, None, 0.375, "", NO_SOURCE)
+    assert stats(line) == EngineStats(0.0, 12.4, 1.0, 4.0, None, 0.002, None, 0.375, "", NO_SOURCE, "0")
+
+
+def test_each_data_parallel_engine_keeps_its_index():
+    # vLLM with --data-parallel-size 2: one line per engine, from one pod
+    first = stats(V1)
+    second = stats(V1.replace("Engine 000:", "Engine 001:").replace("Running: 1", "Running: 7"))
+    assert (first.engine, first.running) == ("0", 1.0)
+    assert (second.engine, second.running) == ("1", 7.0)
+
+
+def test_the_engine_index_loses_its_leading_zeros_only():
+    assert stats(V1.replace("Engine 000:", "Engine 012:")).engine == "12"
+    assert stats(V1.replace("Engine 000:", "Engine 1000:")).engine == "1000"
+
+
+def test_v0_lines_have_no_engine():
+    assert stats(V0).engine == "" and stats(V0_PREFIX).engine == ""
 
 
 def test_a_line_cut_short_keeps_what_it_holds():
@@ -63,4 +80,4 @@ def test_stats_parsing_can_be_turned_off():
 
 def test_stats_inside_a_json_log_record():
     record = {"log": '{"level": "INFO", "message": "%s"}' % V1}
-    assert normalise(record, "t") == EngineStats(0.0, 12.4, 1.0, 4.0, None, 0.002, None, 0.375, "", NO_SOURCE)
+    assert normalise(record, "t") == EngineStats(0.0, 12.4, 1.0, 4.0, None, 0.002, None, 0.375, "", NO_SOURCE, "0")
