@@ -27,8 +27,9 @@ SOURCE_LABELS = ("namespace", "pod", "container", "host")
 KNOWN_LABELS = REQUEST_LABELS + SOURCE_LABELS
 #: Label names the families use themselves, so neither ``labels`` nor
 #: ``pod_labels`` may take them (``le``/``quantile`` are Prometheus'
-#: own; ``level`` and ``prompt_hash`` belong to the log and prompt families).
-RESERVED_LABELS = frozenset({"le", "quantile", "level", "prompt_hash"})
+#: own; ``level``, ``engine`` and ``prompt_hash`` belong to the log, vLLM
+#: and prompt families).
+RESERVED_LABELS = frozenset({"le", "quantile", "level", "engine", "prompt_hash"})
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -58,6 +59,13 @@ def _default_label_limits() -> dict[str, int]:
         "container": 16,
         # Nodes carrying GPUs.
         "host": 256,
+        # vLLM's engine index (the vLLM families only): its data-parallel
+        # rank. One API server logs every rank it balances over, so a
+        # multi-node wide expert-parallel deployment (DP 16 to 64 over
+        # nodes of 8 GPUs) shows up to 64 indices in one pod. The values
+        # are short digit strings shared by all pods; max_series, not this
+        # cap, bounds the series.
+        "engine": 64,
     }
 
 
@@ -78,7 +86,8 @@ class MetricsConfig:
 
     Built-in label names (``labels``) are :data:`KNOWN_LABELS`; every family
     uses those of them that make sense for it: request families all of them,
-    the GPU-memory, last-request, vLLM and prompt families ``model`` plus the
+    the GPU-memory, last-request and prompt families ``model`` plus the
+    Kubernetes ones, the vLLM families ``model``, ``engine`` and the
     Kubernetes ones, the log family ``level`` plus the Kubernetes ones.
     ``pod_labels`` adds labels read from the pod's Kubernetes labels to every
     family.

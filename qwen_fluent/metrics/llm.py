@@ -121,8 +121,14 @@ class LLMMetrics:
         self._req_split = len(req)
         self._log_names = ("level",) + src + pod
         model = ("model",) if "model" in cfg.labels else ()
-        self._pod_names = model + src + pod  # engine, prompt, GPU-memory, last-request
+        self._pod_names = model + src + pod  # prompt, GPU-memory, last-request
         self._pod_split = len(model)
+        # vLLM gauges: one label set per engine of a data-parallel vLLM, so
+        # the engines of one pod do not overwrite each other. ``engine``
+        # comes before the Kubernetes labels: the key's tail stays the
+        # expiry group.
+        self._engine_names = model + ("engine",) + src + pod
+        self._engine_split = len(model) + 1
         # Where the per-pod gauges' labels sit in a request key.
         self._req_to_pod = [self._req_names.index("model")] if model else []
         self._req_to_pod += list(range(len(req), len(self._req_names)))
@@ -142,6 +148,10 @@ class LLMMetrics:
         else:
             self._src_key = src_get
         self._model_key: Callable[[str], tuple[str, ...]] = (lambda m: (m,)) if model else (lambda m: ())
+        # (model, engine) or (engine,): one tuple per stats line, no branch.
+        self._engine_key: Callable[[EngineStats], tuple[str, ...]] = (
+            itemgetter(EngineStats._fields.index("model"), EngineStats._fields.index("engine")) if model
+            else _tuple_getter([EngineStats._fields.index("engine")]))
 
         self._dur = cfg.duration_buckets
         self._ttft = cfg.ttft_buckets
@@ -233,10 +243,10 @@ class LLMMetrics:
             log.touched = self._epoch
             log.count += 1
         elif type(outcome) is EngineStats:
-            key = self._model_key(outcome.model) + self._src_key(outcome.source)
+            key = self._engine_key(outcome) + self._src_key(outcome.source)
             eng = self._engines.get(key)
             if eng is None:
-                eng = self._admit(self._engines, self._pod_names, self._pod_split, key, EngineSeries)
+                eng = self._admit(self._engines, self._engine_names, self._engine_split, key, EngineSeries)
             eng.touched = self._epoch
             values = eng.values
             for i, v in enumerate(outcome[: len(ENGINE_FIELDS)]):
@@ -317,7 +327,7 @@ class LLMMetrics:
         stores: tuple[tuple[dict[tuple[Any, ...], Any], tuple[str, ...]], ...] = (
             (self._requests, self._req_names),
             (self._logs, self._log_names),
-            (self._engines, self._pod_names),
+            (self._engines, self._engine_names),
             (self._prompts, self._pod_names),
         )
         latest: dict[tuple[str, ...], int] = {}
@@ -449,7 +459,7 @@ class LLMMetrics:
 
         engine_rows = [(s.key, list(s.values)) for s in engines]
         for i, (suffix, doc, unit) in enumerate(ENGINE_FAMILIES.values()):
-            fam = GaugeMetricFamily(f"{ns}_{suffix}", doc, labels=pod_names, unit=unit)
+            fam = GaugeMetricFamily(f"{ns}_{suffix}", doc, labels=self._engine_names, unit=unit)
             for key, values in engine_rows:
                 if values[i] is not None:
                     fam.add_metric(key, values[i])
@@ -474,7 +484,7 @@ class LLMMetrics:
                                   "Records whose label value was folded into the overflow value, by label "
                                   "(max_series: the whole label set, the family group being full).",
                                   labels=("label",))
-        counts = dict.fromkeys(self._req_names + ("level", MAX_SERIES), 0)
+        counts = dict.fromkeys(self._req_names + ("level", "engine", MAX_SERIES), 0)
         counts.update(self._space.overflow)
         for label, n in counts.items():
             fam.add_metric((label,), n)

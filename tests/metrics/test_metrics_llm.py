@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
-from qwen_fluent.metrics import LLMMetrics, MetricsConfig
+from qwen_fluent.metrics import LLMMetrics, MetricsConfig, MetricsConfigError
 from qwen_fluent.records import (
     EngineStats,
     LogEvent,
@@ -318,7 +318,8 @@ def test_vllm_gauges_keep_the_last_value_of_each_field() -> None:
     metrics.observe(EngineStats(100.0, 50.0, 3, 1, 0, 0.25, 0.0, 0.5, "qwen", POD_A))
     metrics.observe(EngineStats(200.0, 60.0, 4, 0, None, 0.5, None, None, "qwen", POD_A))
     samples = scrape(metrics)
-    pod = {"model": "qwen", "namespace": "ml", "pod": "pod-a", "container": "vllm"}
+    # engine="" (a line with no engine index): Prometheus reads it as no label at all
+    pod = {"model": "qwen", "engine": "", "namespace": "ml", "pod": "pod-a", "container": "vllm"}
     assert {k[0]: v for k, v in samples.items() if k[0].startswith("qwen_vllm_") and k[1] == frozenset(pod.items())} == {
         "qwen_vllm_prompt_throughput_tokens_per_second": 200.0,
         "qwen_vllm_generation_throughput_tokens_per_second": 60.0,
@@ -329,6 +330,43 @@ def test_vllm_gauges_keep_the_last_value_of_each_field() -> None:
         "qwen_vllm_cpu_kv_cache_usage_ratio": 0.0,
         "qwen_vllm_prefix_cache_hit_ratio": 0.5,
     }
+
+
+def test_two_engines_of_one_pod_keep_a_series_each() -> None:
+    # data-parallel vLLM: "Engine 000:" and "Engine 001:" lines, interleaved, from one pod
+    metrics = LLMMetrics(MetricsConfig())
+    metrics.observe(EngineStats(100.0, 50.0, 3, 1, None, 0.25, None, 0.5, "qwen", POD_A, "0"))
+    metrics.observe(EngineStats(300.0, 70.0, 8, 5, None, 0.75, None, 0.1, "qwen", POD_A, "1"))
+    metrics.observe(EngineStats(None, None, 2, None, None, None, None, None, "qwen", POD_A, "0"))
+    samples = scrape(metrics)
+    pod = {"model": "qwen", "namespace": "ml", "pod": "pod-a", "container": "vllm"}
+    running = {dict(k[1])["engine"]: v for k, v in samples.items() if k[0] == "qwen_vllm_running_requests"}
+    assert running == {"0": 2, "1": 8}
+    assert samples[key("qwen_vllm_waiting_requests", {**pod, "engine": "0"})] == 1
+    assert samples[key("qwen_vllm_waiting_requests", {**pod, "engine": "1"})] == 5
+    assert samples[key("qwen_vllm_gpu_kv_cache_usage_ratio", {**pod, "engine": "1"})] == 0.75
+    assert samples[key("qwen_vllm_prompt_throughput_tokens_per_second", {**pod, "engine": "0"})] == 100.0
+    assert samples[key("qwen_fluent_label_sets", {"group": "vllm"})] == 2
+
+
+def test_the_engine_label_has_a_cap_and_its_pod_expires_whole() -> None:
+    metrics = LLMMetrics(MetricsConfig(label_limits={"engine": 2}, series_idle_seconds=10))
+    for i in range(4):
+        metrics.observe(EngineStats(None, None, i, None, None, None, None, None, "qwen", POD_A, str(i)))
+    samples = scrape(metrics)
+    running = {dict(k[1])["engine"]: v for k, v in samples.items() if k[0] == "qwen_vllm_running_requests"}
+    assert running == {"0": 0, "1": 1, "__overflow__": 3}  # the overflow series keeps the last folded line
+    assert samples[key("qwen_fluent_label_overflow_total", {"label": "engine"})] == 2
+    metrics.expire(0.0)
+    assert metrics.expire(20.0) == 3  # the pod went quiet: every engine's label set goes with it
+    metrics.observe(EngineStats(None, None, 9, None, None, None, None, None, "qwen", POD_A, "7"))
+    running = {dict(k[1])["engine"]: v for k, v in scrape(metrics).items() if k[0] == "qwen_vllm_running_requests"}
+    assert running == {"7": 9}  # expiry released the engine values: room under the cap again
+
+
+def test_engine_is_a_reserved_label_name() -> None:
+    with pytest.raises(MetricsConfigError, match="already in use"):
+        MetricsConfig(pod_labels={"engine": "example.com/engine"})
 
 
 def test_a_gauge_never_reported_is_absent() -> None:
