@@ -60,3 +60,21 @@ def test_a_failing_normaliser_loses_no_record_and_is_logged_once(caplog: pytest.
     assert stats.records == {"accepted": 2, "unrecognised": 2}
     assert scrape(metrics)[key("qwen_fluent_unrecognised_records_total", {"reason": "internal_error"})] == 2
     assert len([r for r in caplog.records if "internal_error" in r.getMessage()]) == 1
+
+
+def test_data_parallel_vllm_engines_of_one_pod_keep_their_own_gauges() -> None:
+    # the raw Fluent Bit records of a vLLM started with --data-parallel-size 2, interleaved
+    line = ("(APIServer pid=1) INFO 09-01 12:00:0{s} [loggers.py:123] Engine 00{e}: Avg prompt throughput: "
+            "0.0 tokens/s, Avg generation throughput: {g} tokens/s, Running: {r} reqs, Waiting: 0 reqs, "
+            "GPU KV cache usage: {kv}%, Prefix cache hit rate: 0.0%")
+    records = [{"log": line.format(s=s, e=e, g=g, r=r, kv=kv), "stream": "stdout", "kubernetes": KUBERNETES}
+               for s, e, g, r, kv in [(0, 0, 10.0, 1, 5.0), (1, 1, 40.0, 6, 50.0), (2, 0, 20.0, 2, 7.5)]]
+    metrics, stats = LLMMetrics(MetricsConfig()), ReceiverStats()
+    MetricsSink(Normaliser(), metrics, stats)(message(*records))
+    assert stats.records == {"accepted": 3}
+    samples = scrape(metrics)
+    pod = {"model": "", "namespace": "ml", "pod": "pod-a", "container": "vllm"}
+    assert samples[key("qwen_vllm_running_requests", {**pod, "engine": "0"})] == 2
+    assert samples[key("qwen_vllm_running_requests", {**pod, "engine": "1"})] == 6
+    assert samples[key("qwen_vllm_generation_throughput_tokens_per_second", {**pod, "engine": "1"})] == 40.0
+    assert samples[key("qwen_vllm_gpu_kv_cache_usage_ratio", {**pod, "engine": "0"})] == 0.075
