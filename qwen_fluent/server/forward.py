@@ -29,6 +29,7 @@ from ..forward import (
     AuthSucceeded,
     EndOfStream,
     ForwardConnection,
+    State,
     ForwardError,
     Heartbeat,
     Limits,
@@ -242,7 +243,7 @@ class _ForwardProtocol(asyncio.Protocol):
         self._fail(IDLE_TIMEOUT, f"no data for {self.server.config.limits.idle_timeout:g} s")
 
     def _on_handshake_timeout(self) -> None:
-        if self.conn.state.value == "awaiting_ping":
+        if self.conn.state is State.AWAITING_PING:
             self.server.stats.auth_failures[HANDSHAKE_TIMEOUT] += 1
             self._fail(HANDSHAKE_TIMEOUT, f"no PING within {self.server.config.limits.handshake_timeout:g} s")
 
