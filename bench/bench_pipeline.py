@@ -12,6 +12,8 @@ Two figures:
 * over TCP: the real ForwardServer on loopback, fed by a client process that
   replays the same bytes and reads the acks, timed from the first byte to
   the last ack. The client runs on the second core.
+
+The garbage collector is tuned as ``qwen-fluent serve`` tunes it (``tune_gc``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 import msgpack
 from prometheus_client import CollectorRegistry, generate_latest
 
+from qwen_fluent.app import tune_gc
 from qwen_fluent.forward import NEED_DATA, ForwardConnection, Message
 from qwen_fluent.metrics import LLMMetrics, ReceiverCollector
 from qwen_fluent.pipeline import MetricsSink
@@ -137,6 +140,7 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=20)
     args = parser.parse_args()
     data = stream(args.records, args.chunk, args.pods)
+    tune_gc()  # as `qwen-fluent serve` does
     print(f"{args.records:,} records, {len(data) / 2**20:.1f} MiB, {args.chunk} per message, {args.pods} pods")
     in_process(data, args.records)
     over_tcp(data, args.records, args.chunk)

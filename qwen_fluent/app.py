@@ -7,6 +7,7 @@ neighbours' types. :func:`run` is what ``qwen-fluent serve`` calls.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -25,6 +26,23 @@ log = logging.getLogger("qwen_fluent")
 #: expiry itself is configured in [metrics]; a minute is fine-grained enough
 #: for an idle time measured in minutes or hours.
 EXPIRY_INTERVAL = 60.0
+
+
+#: Allocations between two young-generation garbage collections. Python's
+#: default (700) makes every 1000-record Forward message trigger several
+#: collections, although decoded records are plain dicts and lists that
+#: reference counting frees at once (no cycles). 100k measured 7 % faster end
+#: to end (bench/bench_pipeline.py) and only delays the collection of real
+#: cycles, which the receiver rarely makes.
+GC_GEN0_THRESHOLD = 100_000
+
+
+def tune_gc() -> None:
+    """Collect cycles less often, and never scan the objects that live for the whole run."""
+    gc.collect()
+    gc.freeze()  # startup objects (modules, config) move to a generation GC no longer scans
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def _fan_out(sinks: list[Callable[[Message], None]]) -> Callable[[Message], None]:
@@ -105,6 +123,7 @@ async def run(config: AppConfig, stop: asyncio.Event | None = None) -> int:
     """Run until SIGTERM/SIGINT (or ``stop`` is set). Returns the process exit code."""
     receiver = Receiver(config)
     await receiver.start()
+    tune_gc()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
