@@ -20,7 +20,11 @@ from .forward import Message
 
 
 def _default(value: Any) -> Any:
-    """JSON for what msgpack can carry and JSON cannot."""
+    """JSON for what msgpack can carry and JSON cannot.
+
+    (An ExtType other than EventTime is a namedtuple, which json already writes
+    as ``[code, data]``, so it never reaches here; its data does, as bytes.)
+    """
     if isinstance(value, (bytes, bytearray)):
         try:
             return bytes(value).decode("utf-8")
@@ -28,8 +32,6 @@ def _default(value: Any) -> Any:
             return {"base64": base64.b64encode(value).decode("ascii")}
     if hasattr(value, "to_unix"):  # msgpack.Timestamp
         return value.to_unix()
-    if hasattr(value, "code") and hasattr(value, "data"):  # msgpack.ExtType
-        return {"ext": value.code, "base64": base64.b64encode(value.data).decode("ascii")}
     return repr(value)
 
 
