@@ -32,7 +32,7 @@ from qwen_fluent.forward.events import Entry, Message, Mode
 from qwen_fluent.metrics import LLMMetrics, MetricsConfig
 from qwen_fluent.pipeline import MetricsSink
 from qwen_fluent.records import Normaliser, RequestEvent, Source
-from qwen_fluent.server.stats import ReceiverStats
+from qwen_fluent.stats import ReceiverStats
 
 PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 STATUSES = ("success",) * 8 + ("error", "timeout")

@@ -34,7 +34,8 @@ from qwen_fluent.forward import NEED_DATA, ForwardConnection, Message
 from qwen_fluent.metrics import LLMMetrics, ReceiverCollector
 from qwen_fluent.pipeline import MetricsSink
 from qwen_fluent.records import Normaliser
-from qwen_fluent.server import ForwardServer, ReceiverStats, ServerConfig
+from qwen_fluent.server import ForwardServer, ServerConfig
+from qwen_fluent.stats import ReceiverStats
 
 STATUSES = ["success"] * 95 + ["error"] * 3 + ["client_error"] * 2
 

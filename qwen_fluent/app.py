@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry
 from . import __version__
 from .cli.config import AppConfig
 from .forward import Message
-from .server import ForwardServer, ReceiverStats
+from .server import ForwardServer
+from .stats import ReceiverStats
 
 log = logging.getLogger("qwen_fluent")
 

@@ -21,7 +21,7 @@ from .forward.events import Message
 from .metrics import LLMMetrics
 from .records.events import NO_SOURCE, Outcome, Unrecognised
 from .records.reasons import INTERNAL_ERROR
-from .server.stats import ReceiverStats
+from .stats import ReceiverStats
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 - :class:`LLMMetrics` -- the ``<namespace>_*`` families: ``observe(outcome)`` on the hot
   path, ``expire(now)`` now and then, and a prometheus-client collector.
 - :class:`ReceiverCollector` -- the ``qwen_fluent_*`` families from
-  :class:`~qwen_fluent.server.stats.ReceiverStats`.
+  :class:`~qwen_fluent.stats.ReceiverStats`.
 
 ``docs/metrics.md`` lists every family with its type, unit, labels and meaning.
 """

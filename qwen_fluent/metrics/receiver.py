@@ -1,7 +1,7 @@
 """The receiver's own families (``qwen_fluent_*``), read from :class:`ReceiverStats` at scrape time.
 
 The server and the pipeline bump plain integers in
-:class:`~qwen_fluent.server.stats.ReceiverStats`; :class:`ReceiverCollector`
+:class:`~qwen_fluent.stats.ReceiverStats`; :class:`ReceiverCollector`
 turns them into families when Prometheus scrapes, so counting costs the hot
 path a dict increment and nothing more. Label sets whose values are known in
 advance (transports, modes, outcomes) start at 0, so that the first increment
@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import (
 
 from .. import __version__
 from ..forward.events import Mode
-from ..server.stats import ReceiverStats
+from ..stats import ReceiverStats
 
 #: Transports the server listens on (stats.connections_opened keys).
 TRANSPORTS = ("tcp", "tls", "unix")

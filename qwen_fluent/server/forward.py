@@ -4,7 +4,7 @@ It owns sockets, timers and nothing else: bytes go into a
 :class:`~qwen_fluent.forward.ForwardConnection`, events come out, a
 :class:`~qwen_fluent.forward.Message` goes to the sink, and only when the sink
 returned does the ack go back. Every way a connection can end badly is counted
-in :class:`~qwen_fluent.server.stats.ReceiverStats` by reason and logged once,
+in :class:`~qwen_fluent.stats.ReceiverStats` by reason and logged once,
 and ends that connection only.
 
 The sink is a plain callable run on the event loop. The metrics sink does a few
@@ -36,7 +36,7 @@ from ..forward import (
     Message,
     SkippedMessage,
 )
-from .stats import ReceiverStats
+from ..stats import ReceiverStats
 
 log = logging.getLogger("qwen_fluent.server")
 

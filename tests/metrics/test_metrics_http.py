@@ -17,7 +17,7 @@ from qwen_fluent.metrics import LLMMetrics, MetricsConfig, ReceiverCollector
 from qwen_fluent.records import RequestEvent, Source
 from qwen_fluent.server import http as http_module
 from qwen_fluent.server.http import MetricsHTTPServer
-from qwen_fluent.server.stats import ReceiverStats
+from qwen_fluent.stats import ReceiverStats
 from tests.support.truth import parse_text
 
 PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"

@@ -11,7 +11,7 @@ from qwen_fluent.forward.events import Entry, Message, Mode
 from qwen_fluent.metrics import LLMMetrics, MetricsConfig
 from qwen_fluent.pipeline import MetricsSink
 from qwen_fluent.records import Normaliser
-from qwen_fluent.server.stats import ReceiverStats
+from qwen_fluent.stats import ReceiverStats
 from tests.support.truth import key, parse_text
 
 KUBERNETES = {"pod_name": "pod-a", "namespace_name": "ml", "container_name": "vllm"}

@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from qwen_fluent import __version__
 from qwen_fluent.forward.events import Mode
 from qwen_fluent.metrics import ReceiverCollector
-from qwen_fluent.server.stats import ReceiverStats
+from qwen_fluent.stats import ReceiverStats
 from tests.support.truth import key, parse_text
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from qwen_fluent.forward import Message
-from qwen_fluent.server import ForwardServer, ReceiverStats, ServerConfig
+from qwen_fluent.server import ForwardServer, ServerConfig
+from qwen_fluent.stats import ReceiverStats
 
 
 class Collect:

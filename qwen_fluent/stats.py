@@ -6,6 +6,10 @@ labels costs a microsecond or more). A custom collector in
 :mod:`qwen_fluent.metrics` reads them at scrape time and exposes them as the
 ``qwen_fluent_*`` families. Every key set here is fixed and small, so the
 label sets they become are bounded.
+
+This module sits on the bottom floor and imports nothing of ours: the server
+writes these counters and :mod:`qwen_fluent.metrics` reads them, and metrics
+must never import the server (layers follow the data; see tests/test_layers.py).
 """
 
 from __future__ import annotations
