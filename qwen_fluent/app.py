@@ -16,7 +16,7 @@ from typing import Callable
 from prometheus_client import CollectorRegistry
 
 from . import __version__
-from .cli.config import AppConfig
+from .config import AppConfig
 from .forward import Message
 from .server import ForwardServer
 from .stats import ReceiverStats

@@ -16,7 +16,7 @@ import ssl
 import sys
 
 from .. import __version__
-from .config import ENV_PREFIX, ConfigError, load
+from ..config import ENV_PREFIX, ConfigError, load
 
 DESCRIPTION = """\
 qwen-fluent receives logs from Fluent Bit's (or Fluentd's) `forward` output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwen_fluent.cli.config import ConfigError, load
+from qwen_fluent.config import ConfigError, load
 
 
 def write(tmp_path, text: str):

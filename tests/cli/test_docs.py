@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_fluent.cli.config import FLAG_KEYS, _section_types
+from qwen_fluent.config import FLAG_KEYS, _section_types
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
 

@@ -293,7 +293,7 @@ def test_both_containers_share_one_generated_secret(rendered: dict) -> None:
 
 
 def test_forward_goes_over_loopback_to_the_receivers_port(rendered: dict, tmp_path: Path) -> None:
-    from qwen_fluent.cli.config import load
+    from qwen_fluent.config import load
 
     objects = rendered["base"]
     daemonset = _one(objects, "DaemonSet")

@@ -2,7 +2,7 @@
 
 examples/qwen-fluent.toml documents every setting at its default; the
 DaemonSet's and the demo's files are what those deployments run. Each is read
-by the receiver's own loader (qwen_fluent.cli.config.load).
+by the receiver's own loader (qwen_fluent.config.load).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _comparable(value):
 
 
 def test_reference_lists_every_key_at_its_default() -> None:
-    from qwen_fluent.cli.config import _section_types
+    from qwen_fluent.config import _section_types
 
     data = tomllib.loads(REFERENCE.read_text(encoding="utf-8"))
     types = _section_types()
@@ -54,7 +54,7 @@ def test_reference_lists_every_key_at_its_default() -> None:
 
 @pytest.mark.parametrize("path", [REFERENCE, *DEPLOYED], ids=lambda p: str(p.relative_to(EXAMPLES)))
 def test_config_file_loads(path) -> None:
-    from qwen_fluent.cli.config import load
+    from qwen_fluent.config import load
 
     config = load(path, environ={"QWEN_FLUENT_SHARED_KEY": "k", "QWEN_FLUENT_SELF_HOSTNAME": "node"})
     assert config.server.auth is not None

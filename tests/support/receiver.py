@@ -29,7 +29,7 @@ class ReceiverThread:
     """
 
     def __init__(self, flags: dict[str, Any] | None = None, *, nvml: Any = None) -> None:
-        from qwen_fluent.cli.config import load
+        from qwen_fluent.config import load
 
         base = {"host": "127.0.0.1", "port": 0, "metrics_host": "127.0.0.1", "metrics_port": 0}
         self.config = load(None, {**base, **(flags or {})}, environ={})

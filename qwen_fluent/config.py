@@ -9,6 +9,10 @@ Precedence, highest first: command-line flag, ``QWEN_FLUENT_*`` environment
 variable, configuration file, built-in default. Every file section maps onto a
 dataclass; an unknown section or key is an error that names the known ones,
 so a typo never silently falls back to a default.
+
+It lives beside :mod:`qwen_fluent.app`, not in the CLI package: the app takes
+an :class:`AppConfig` and the CLI builds one, and the app must not import the
+CLI that sits on top of it (see tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-from ..forward import AuthConfig, Limits
-from ..server import ServerConfig
+from .forward import AuthConfig, Limits
+from .server import ServerConfig
 
 
 class ConfigError(Exception):
@@ -88,9 +92,9 @@ class AppConfig:
 
 def _section_types() -> dict[str, type]:
     """Each file section and the dataclass it maps onto (imported late: optional pieces)."""
-    from ..gpu import GpuConfig
-    from ..metrics import MetricsConfig
-    from ..records import NormaliserConfig
+    from .gpu import GpuConfig
+    from .metrics import MetricsConfig
+    from .records import NormaliserConfig
 
     return {
         "server": ServerSection,
