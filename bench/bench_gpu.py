@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qwen_fluent.gpu import GpuCollector  # noqa: E402
-from qwen_fluent.gpu.fake_nvml import FakeNvml  # noqa: E402
+from tests.support.fake_nvml import FakeNvml  # noqa: E402
 
 PROCESSES_PER_GPU = 4  # a vLLM tensor-parallel rank plus a few sidecars: typical of an inference node
 

@@ -4,7 +4,7 @@
 Run from the repository root on a machine with an NVIDIA GPU and driver:
 
     python3 scripts/gpu_check.py                    # check, time, record a profile into the output folder
-    python3 scripts/gpu_check.py --record-profile   # ... and replace qwen_fluent/gpu/profiles/<gpu>.json
+    python3 scripts/gpu_check.py --record-profile   # ... and replace tests/support/nvml_profiles/<gpu>.json
 
 It needs pynvml (nvidia-ml-py) and prometheus-client; torch for the matmul
 load (``python3 -m pip install torch``). Without torch the load falls back to
@@ -639,7 +639,9 @@ def compare(report: Report, pairs: list[dict[str, Any]], gpu: str, load: dict[st
 
 def record(report: Report, pynvml: Any, args: argparse.Namespace, out_dir: Path, figures: dict[str, Any]) -> None:
     """Record the fake NVML's profile from the live GPUs (under load)."""
-    from qwen_fluent.gpu.fake_nvml import PROFILES_DIR, record_profile
+    # The recorder lives with the fake it feeds, in the tests (the installed
+    # package ships no test doubles); ROOT is on sys.path, so it imports from the checkout.
+    from tests.support.fake_nvml import PROFILES_DIR, record_profile
 
     name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(args.gpu))
     name = name.decode() if isinstance(name, bytes) else name
@@ -647,7 +649,7 @@ def record(report: Report, pynvml: Any, args: argparse.Namespace, out_dir: Path,
         pynvml,
         comment=(
             f"RECORDED by scripts/gpu_check.py on {name} while its load ran "
-            f"({figures.get('load', {}).get('backend', 'no load')}); served by qwen_fluent.gpu.fake_nvml."
+            f"({figures.get('load', {}).get('backend', 'no load')}); served by tests/support/fake_nvml.py."
         ),
     )
     slug = profile_slug(name)
@@ -714,7 +716,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ready-seconds", type=float, default=240.0, help="longest wait for the load to start (default 240)")
     parser.add_argument("--poll-seconds", type=float, default=12.0, help="how long to compare under load (default 12)")
     parser.add_argument("--timing-reads", type=int, default=200, help="collections timed (default 200)")
-    parser.add_argument("--record-profile", action="store_true", help="also replace qwen_fluent/gpu/profiles/<gpu>.json")
+    parser.add_argument("--record-profile", action="store_true", help="also replace tests/support/nvml_profiles/<gpu>.json")
     parser.add_argument("--receiver", choices=("auto", "app", "inprocess"), default="auto",
                         help="auto: qwen-fluent serve if it can start here, else the collector in-process")
     parser.add_argument("--metrics-url", help="scrape this running receiver instead of starting one")

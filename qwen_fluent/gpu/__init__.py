@@ -6,9 +6,10 @@
 
 The pieces: :mod:`.reader` (one NVML read as plain data), :mod:`.attribution`
 (pid -> namespace/pod/container), :mod:`.xid` (XID event thread),
-:mod:`.errors` (failure vocabulary), :mod:`.fake_nvml` (the stand-in used by
-tests). Nothing here imports pynvml at module load: the receiver runs where
-it is missing. See docs/gpu.md.
+:mod:`.errors` (failure vocabulary). Tests hand the collector a stand-in for
+pynvml (``tests/support/fake_nvml.py``); it is not part of this package.
+Nothing here imports pynvml at module load: the receiver runs where it is
+missing. See docs/gpu.md.
 """
 
 from qwen_fluent.gpu.collector import GpuCollector, family_names

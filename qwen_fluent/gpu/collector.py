@@ -81,7 +81,7 @@ class GpuCollector:
     """prometheus_client collector of NVML GPU metrics.
 
     ``nvml`` is the pynvml module or a stand-in with the same functions
-    (:class:`qwen_fluent.gpu.fake_nvml.FakeNvml`); ``None`` imports pynvml.
+    (the tests' ``tests/support/fake_nvml.py``); ``None`` imports pynvml.
     Call :meth:`start` once (it may block in nvmlInit: call it before the
     event loop runs, or through ``asyncio.to_thread``), register the collector,
     and :meth:`close` on shutdown. :meth:`collect` starts NVML itself if

@@ -39,8 +39,7 @@ class DeviceLost(GpuError):
 
 # NVML return codes (nvml.h, stable ABI) and the label value each becomes.
 # Written out rather than derived from pynvml's class names so that the label
-# values do not change when pynvml renames a class, and so that the fake NVML
-# shares them.
+# values do not change when pynvml renames a class.
 _CODE_TO_REASON: dict[int, str] = {
     1: "uninitialized",
     2: "invalid_argument",
@@ -74,9 +73,6 @@ _CODE_TO_REASON: dict[int, str] = {
     30: "reset_type_not_supported",
     999: "unknown",
 }
-
-#: Label value -> NVML code (the fake NVML raises codes named this way in a profile).
-REASON_TO_CODE: dict[str, int] = {reason: code for code, reason in _CODE_TO_REASON.items()}
 
 #: Every value the ``reason`` label can take.
 REASONS: tuple[str, ...] = (

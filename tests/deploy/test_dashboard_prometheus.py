@@ -22,7 +22,7 @@ import time
 import msgpack
 import pytest
 
-from qwen_fluent.gpu.fake_nvml import FakeNvml
+from tests.support.fake_nvml import FakeNvml
 from tests.support.prometheus import PrometheusServer, require_binary
 from tests.support.receiver import ReceiverThread
 

@@ -11,14 +11,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from qwen_fluent.gpu import GpuCollector
-from qwen_fluent.gpu.fake_nvml import PROFILES_DIR, FakeNvml, load_profile
+from tests.support.fake_nvml import PROFILES_DIR, FakeNvml, load_profile
 
 PROFILES = sorted(PROFILES_DIR.glob("*.json"))
 
 
 @pytest.fixture(params=PROFILES, ids=[p.stem for p in PROFILES])
 def profile(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Every profile under qwen_fluent/gpu/profiles (hand-written or recorded on a device)."""
+    """Every profile under tests/support/nvml_profiles (hand-written or recorded on a device)."""
     return load_profile(request.param)
 
 

@@ -17,7 +17,7 @@ from qwen_fluent.gpu.attribution import (
     parse_cgroup,
     parse_container_log_name,
 )
-from qwen_fluent.gpu.fake_nvml import FakeNvml
+from tests.support.fake_nvml import FakeNvml
 
 UID = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
 UID_ = UID.replace("-", "_")

@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 
 from qwen_fluent.gpu import GpuCollector, GpuConfig
-from qwen_fluent.gpu.fake_nvml import FakeNvml
+from tests.support.fake_nvml import FakeNvml
 
 
 def _collector(fake: FakeNvml, tmp_path: Any, **kwargs: Any) -> GpuCollector:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from qwen_fluent.gpu.fake_nvml import FakeNvml, load_profile
+from tests.support.fake_nvml import FakeNvml, load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"

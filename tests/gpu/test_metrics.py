@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from qwen_fluent.gpu import GpuCollector, family_names
-from qwen_fluent.gpu.fake_nvml import FakeNvml
 from qwen_fluent.gpu.reader import CLOCK_EVENT_REASONS
+from tests.support.fake_nvml import FakeNvml
 
 ROOT = Path(__file__).resolve().parents[2]
 

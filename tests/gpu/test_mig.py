@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qwen_fluent.gpu.fake_nvml import FakeNvml
+from tests.support.fake_nvml import FakeNvml
 
 GIB = 1024**3
 

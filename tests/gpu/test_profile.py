@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from qwen_fluent.gpu.fake_nvml import DEFAULT_PROFILE, PROFILES_DIR, FakeNvml, load_profile, record_profile
+from tests.support.fake_nvml import DEFAULT_PROFILE, PROFILES_DIR, FakeNvml, load_profile, record_profile
 
 
 def test_every_profile_says_where_its_values_come_from(profile: dict[str, Any]) -> None:

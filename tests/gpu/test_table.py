@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from qwen_fluent.gpu import print_table
-from qwen_fluent.gpu.fake_nvml import FakeNvml
+from tests.support.fake_nvml import FakeNvml
 
 
 def _table(fake: Any, **kwargs: Any) -> tuple[int, str]:

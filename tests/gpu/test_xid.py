@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from qwen_fluent.gpu.fake_nvml import FakeNvml
+from tests.support.fake_nvml import FakeNvml
 
 
 def _wait_for(predicate: Any, timeout: float = 5.0) -> bool:

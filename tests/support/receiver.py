@@ -3,7 +3,7 @@
 It is what ``qwen-fluent serve`` runs: the Forward server, the normaliser, the
 metrics and the /metrics endpoint, with free ports. The app's own GPU
 collector is off: it would load the real pynvml, and there is no GPU here. A
-test that needs GPU gauges passes ``nvml`` (``qwen_fluent.gpu.fake_nvml.FakeNvml()``)
+test that needs GPU gauges passes ``nvml`` (``tests.support.fake_nvml.FakeNvml()``)
 and gets a collector reading it, registered on the receiver's registry. The
 event loop runs in its own thread so that a test can talk to it with blocking
 sockets and HTTP.

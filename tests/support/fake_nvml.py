@@ -6,8 +6,8 @@ with pynvml's signatures, return shapes (objects with the same attribute
 names, ``busId`` as bytes) and failure mode (``NVMLError`` carrying the NVML
 return code in ``value``). Its values come from a profile: a JSON file that
 ``scripts/gpu_check.py --record-profile`` writes from a real GPU with
-:func:`record_profile` (``profiles/`` beside this file; until a device run
-replaces it, the H100 profile there is hand-written from NVIDIA's
+:func:`record_profile` (``nvml_profiles/`` beside this file; until a device
+run replaces it, the H100 profile there is hand-written from NVIDIA's
 documented values and says so in its header).
 
 On top of the profile, tests script what a profile cannot show: a call that
@@ -15,6 +15,11 @@ fails on one GPU (:meth:`FakeNvml.fail`), a GPU that falls off the bus
 (:meth:`FakeNvml.lose`), MIG devices (:meth:`FakeNvml.enable_mig`), XID
 events (:meth:`FakeNvml.inject_xid`), no NVML at all (``available=False``).
 :attr:`FakeNvml.calls` counts every call by function name.
+
+It lives under ``tests/``, not in the installed package: nothing under
+``qwen_fluent/`` exists only for tests. The collector takes any object with
+pynvml's functions (its ``nvml`` argument), so the package needs no fake mode;
+``scripts/gpu_check.py`` loads this module from here to record a profile.
 """
 
 from __future__ import annotations
@@ -29,13 +34,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from qwen_fluent.gpu.errors import REASON_TO_CODE, reason_of
+from qwen_fluent.gpu.errors import reason_of
 
-PROFILES_DIR = Path(__file__).with_name("profiles")
+PROFILES_DIR = Path(__file__).with_name("nvml_profiles")
 DEFAULT_PROFILE = PROFILES_DIR / "h100_80gb_hbm3.json"
 SCHEMA = 1
-
-_REASON_TEXT = {code: reason.replace("_", " ").capitalize() for reason, code in REASON_TO_CODE.items()}
 
 
 class NVMLError(Exception):
@@ -47,6 +50,22 @@ class NVMLError(Exception):
 
     def __str__(self) -> str:
         return _REASON_TEXT.get(self.value, f"NVML Error with code {self.value}")
+
+
+#: Highest NVML return code (nvml.h: NVML_ERROR_UNKNOWN = 999); every code up to
+#: it that the collector names gets that name.
+_MAX_CODE = 999
+
+#: Reason label -> NVML code, the inverse of the collector's own table, read
+#: through its ``reason_of`` so that a profile's error names and the codes the
+#: fake raises for them cannot drift apart.
+REASON_TO_CODE: dict[str, int] = {
+    reason: code
+    for code in range(1, _MAX_CODE + 1)
+    if (reason := reason_of(NVMLError(code))) != "other"
+}
+
+_REASON_TEXT = {code: reason.replace("_", " ").capitalize() for reason, code in REASON_TO_CODE.items()}
 
 
 class FakeHandle:
