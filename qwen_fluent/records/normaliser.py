@@ -190,14 +190,16 @@ class Normaliser:
             return Unrecognised(reasons.NOT_A_MAP, NO_SOURCE)
         if not record:
             return Unrecognised(reasons.EMPTY_RECORD, NO_SOURCE)
-        meta = record.get("kubernetes")
-        if type(meta) is dict:
-            source, label_model = self._sources.kubernetes(meta)
-        elif self._tag_source and type(tag) is str and tag:
-            source, label_model = self._sources.tag(tag)
-        else:
-            source, label_model = NO_SOURCE, ""
+        source, label_model = self.source(record.get("kubernetes"), tag)
         return self._classify(record, source, label_model, 0)
+
+    def source(self, meta: Any, tag: Any) -> tuple[Source, str]:
+        """Where a record came from, and the model a pod label names: from its ``kubernetes`` map, else its tag."""
+        if type(meta) is dict:
+            return self._sources.kubernetes(meta)
+        if self._tag_source and type(tag) is str and tag:
+            return self._sources.tag(tag)
+        return NO_SOURCE, ""
 
     def _classify(self, record: dict[Any, Any], source: Source, label_model: str, depth: int) -> Outcome:
         if not REQUEST_KEYS.isdisjoint(record):
@@ -353,6 +355,10 @@ class Normaliser:
             timestamp,
             source,
         )
+
+    def timestamp(self, value: Any) -> float | None:
+        """Seconds since the epoch from a record's ``timestamp`` value (ISO string or number), else ``None``."""
+        return self._timestamp(value)
 
     def _timestamp(self, value: Any) -> float | None:
         if type(value) is str:
