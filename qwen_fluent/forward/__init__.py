@@ -2,10 +2,14 @@
 
 See :class:`ForwardConnection` for the state machine, :mod:`.events` for what
 it produces, :class:`Limits` for every bound it enforces and
-:mod:`.errors` for what it raises.
+:mod:`.errors` for what it raises. A consumer with a typed decoder of its own
+asks the connection to defer PackedForward payloads (``defer_packed``) and
+reads them with :func:`split_packed` and :func:`decode_record`, falling back
+to :func:`decode_packed`, the reference.
 """
 
 from .connection import ForwardConnection, State
+from .decode import decode_packed
 from .errors import ForwardError
 from .events import (
     NEED_DATA,
@@ -21,6 +25,7 @@ from .events import (
 )
 from .handshake import AuthConfig
 from .limits import Limits
+from .packed import decode_record, is_map, split_packed
 
 __all__ = [
     "NEED_DATA",
@@ -38,4 +43,8 @@ __all__ = [
     "Signal",
     "SkippedMessage",
     "State",
+    "decode_packed",
+    "decode_record",
+    "is_map",
+    "split_packed",
 ]

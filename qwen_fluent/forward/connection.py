@@ -78,8 +78,12 @@ class ForwardConnection:
         limits: Limits | None = None,
         *,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        defer_packed: bool = False,
     ) -> None:
         self.limits = limits or Limits()
+        #: Leave PackedForward entries undecoded (``Message.payload``) for a
+        #: consumer with its own typed decoder; see ``decode_packed``.
+        self.defer_packed = defer_packed
         self._budget = ObjectBudget(self.limits.max_objects)
         self._unpacker = msgpack.Unpacker(
             max_buffer_size=self.limits.max_message_bytes + _FEED_STEP,
@@ -194,7 +198,7 @@ class ForwardConnection:
             return AuthSucceeded(result.hostname, result.username)
         if obj is None:
             return Heartbeat(nbytes)
-        return decode_message(obj, nbytes, self.limits, self._budget)
+        return decode_message(obj, nbytes, self.limits, self._budget, self.defer_packed)
 
     # -- output --------------------------------------------------------------
 

@@ -224,9 +224,14 @@ def _signal(options: dict[Any, Any]) -> int:
 
 
 def decode_message(
-    obj: Any, nbytes: int, limits: Limits, budget: ObjectBudget | None = None
+    obj: Any, nbytes: int, limits: Limits, budget: ObjectBudget | None = None, defer_packed: bool = False
 ) -> Message | SkippedMessage:
-    """Decode one top-level Forward message (anything but a handshake or heartbeat)."""
+    """Decode one top-level Forward message (anything but a handshake or heartbeat).
+
+    With ``defer_packed``, a (Compressed)PackedForward payload is gunzipped
+    but its entries are left for the consumer: the Message carries it as
+    ``payload`` with no entries (see :func:`decode_packed`).
+    """
     if type(obj) is not list or not 2 <= len(obj) <= 4:
         raise MalformedMessage(
             f"expected a Forward message array of 2 to 4 items, got {type(obj).__name__}"
@@ -309,5 +314,35 @@ def decode_message(
         payload = second.encode("utf-8", "surrogateescape") if kind is str else second
         if mode is Mode.COMPRESSED_PACKED_FORWARD:
             payload = gunzip(payload, limits.max_decompressed_bytes)
+        if defer_packed:
+            return Message(tag, [], mode, chunk, options, nbytes, invalid, payload)
         entries = decode_entries(_packed_entries(payload, limits, invalid, budget), invalid)
     return Message(tag, entries, mode, chunk, options, nbytes, invalid)
+
+
+def _containers(obj: Any) -> int:
+    """Maps and arrays in ``obj``, itself included (what ObjectBudget counted for it)."""
+    if type(obj) is dict:
+        return 1 + sum(_containers(k) + _containers(v) for k, v in obj.items())
+    if type(obj) is list:
+        return 1 + sum(_containers(v) for v in obj)
+    return 0
+
+
+def decode_packed(message: Message, limits: Limits) -> Message:
+    """The general decoding of a deferred packed payload: ``message`` with its entries (the reference path).
+
+    Raises a :class:`~.errors.ForwardError` where the connection would have
+    raised it had the payload been decoded there (bad msgpack, a limit, an
+    entry cut short); the message must then not be acknowledged.
+    """
+    if message.payload is None:
+        return message
+    invalid: dict[str, int] = {}
+    budget = ObjectBudget(limits.max_objects)
+    # The frame's own maps and arrays (its array, the option map and what it
+    # holds) were counted against the same budget when it was unpacked.
+    budget.remaining -= 1 + _containers(message.options) if message.options else 1
+    items = _packed_entries(message.payload, limits, invalid, budget)
+    entries = decode_entries(items, invalid)
+    return message._replace(entries=entries, invalid=invalid, payload=None)

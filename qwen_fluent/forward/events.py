@@ -60,6 +60,11 @@ class Message(NamedTuple):
     options: dict[Any, Any]
     nbytes: int
     invalid: dict[str, int]
+    #: A PackedForward payload (gunzipped) whose entries were not decoded yet,
+    #: when the connection was made with ``defer_packed=True``; ``entries``
+    #: is then empty until :func:`~qwen_fluent.forward.decode_packed` (or a
+    #: typed decoder of the consumer's) reads it. ``None`` otherwise.
+    payload: bytes | None = None
 
 
 class SkippedMessage(NamedTuple):

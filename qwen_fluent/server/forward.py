@@ -91,7 +91,8 @@ class _ForwardProtocol(asyncio.Protocol):
         self.server = server
         self.transport_name = transport_name
         self.transport: asyncio.Transport | None = None
-        self.conn = ForwardConnection(auth=server.config.auth, limits=server.config.limits)
+        self.conn = ForwardConnection(auth=server.config.auth, limits=server.config.limits,
+                                      defer_packed=server.defer_packed)
         self.peer = "?"
         self.closing = False
         self._idle: asyncio.TimerHandle | None = None
@@ -189,6 +190,9 @@ class _ForwardProtocol(asyncio.Protocol):
             if isinstance(event, Message):
                 try:
                     self.server.sink(event)
+                except ForwardError as exc:  # a deferred payload the sink's decoder refused
+                    self._fail(exc.reason, str(exc))
+                    return
                 except Exception:
                     log.exception("sink failed on a message from %s; closing without ack so it is resent", self.peer)
                     self._fail(SINK_FAILED, "sink raised")
@@ -263,7 +267,11 @@ class _ForwardProtocol(asyncio.Protocol):
 class ForwardServer:
     """Listens on TCP (optionally TLS) and/or a Unix socket and serves Forward connections."""
 
-    def __init__(self, config: ServerConfig, sink: Sink, stats: ReceiverStats | None = None) -> None:
+    def __init__(self, config: ServerConfig, sink: Sink, stats: ReceiverStats | None = None,
+                 defer_packed: bool = False) -> None:
+        #: The sink decodes PackedForward payloads itself (``Message.payload``);
+        #: it raises ForwardError for one it refuses, which closes the connection.
+        self.defer_packed = defer_packed
         self.config = config
         self.sink = sink
         self.stats = stats if stats is not None else ReceiverStats()
