@@ -14,22 +14,39 @@ Per record (µs, best of 5 runs over the same pre-built events):
    the Forward server's sink costs per record (Forward decoding excluded:
    bench/bench_forward.py measures that).
 
-Per scrape: collect + render of ``--series`` request label sets (the
-``max_series`` default) in both exposition formats, the cost of one /metrics
-response at the cap.
+Per scrape, at ``--series`` request label sets (the ``max_series``
+default), both exposition formats, best of 3:
+
+1. as served: prometheus-client's ``generate_latest`` on a
+   ``CollectorRegistry`` against our ``generate()`` on our ``Registry``
+   (collect + render; ``LLMMetrics.expose`` when it exists, else the
+   generic path), and the ratio;
+2. render only, on the same families collected once: prometheus-client,
+   our generic path (``Writer.metric``), and our fast path (the same
+   families replayed through ``Writer.histogram``/``counter``/... with label
+   blocks built beforehand, as a collector's ``expose`` does), and the
+   ratios to prometheus-client;
+3. the longest pause a second Python thread sees during a render (the
+   receiver's event loop during a scrape), beside a pure-Python loop's.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import threading
 import time
+import zlib
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from qwen_fluent.forward.events import Entry, Message, Mode
 from qwen_fluent.metrics import LLMMetrics, MetricsConfig
+from qwen_fluent.metrics.exposition import Format, Registry, Writer, generate, label_block, render
 from qwen_fluent.pipeline import MetricsSink
 from qwen_fluent.records import Normaliser, RequestEvent, Source
 from qwen_fluent.stats import ReceiverStats
@@ -126,18 +143,166 @@ def bench_sink(n: int) -> float:
     return best_of(5, run) / n * 1e6
 
 
-def bench_scrape(series: int) -> tuple[int, float, float, int]:
+class Frozen:
+    """A collector's families, collected once: every renderer then formats the same input."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+class Replay(Frozen):
+    """The same families through the Writer's fast methods, label blocks built beforehand.
+
+    What a collector's ``expose(writer)`` costs at scrape time without its
+    snapshot: numbers formatted into pre-built lines. Families of other types
+    (none among LLMMetrics') go through the generic path.
+    """
+
+    def __init__(self, families: list[Metric]) -> None:
+        super().__init__(families)
+        self.plan: list[tuple[Metric, list[Any] | None]] = []
+        for fam in families:
+            if fam.type == "histogram":
+                rows: list[Any] = []
+                les: list[str] = []
+                cum: list[float] = []
+                exs: list[Any] = []
+                for s in fam.samples:
+                    if s.name.endswith("_bucket"):
+                        les.append(s.labels["le"])
+                        cum.append(s.value)
+                        ex = s.exemplar
+                        exs.append(None if ex is None else (_block(ex.labels), ex.value, ex.timestamp))
+                    elif s.name.endswith("_sum"):
+                        per = [int(b - a) for a, b in zip([0, *cum], cum)]
+                        rows.append((_block(s.labels), les, per, s.value, exs if any(exs) else None))
+                        les, cum, exs = [], [], []
+                self.plan.append((fam, rows))
+            elif fam.type == "info":
+                self.plan.append((fam, [_block(s.labels) for s in fam.samples]))
+            elif fam.type in ("counter", "gauge"):
+                self.plan.append((fam, [(_block(s.labels), s.value) for s in fam.samples]))
+            else:
+                self.plan.append((fam, None))
+
+    def expose(self, writer: Writer) -> None:
+        for fam, rows in self.plan:
+            if rows is None:
+                writer.metric(fam)
+                continue
+            writer.family(fam.name, fam.type, fam.documentation, fam.unit)
+            if fam.type == "histogram":
+                histogram = writer.histogram
+                for block, les, counts, sum_, exemplars in rows:
+                    histogram(block, les, counts, sum_, exemplars)
+            elif fam.type == "info":
+                for block in rows:
+                    writer.info(block)
+            else:
+                write = writer.counter if fam.type == "counter" else writer.gauge
+                for block, value in rows:
+                    write(block, value)
+
+
+def _block(labels: dict[str, str]) -> str:
+    return label_block(list(labels), list(labels.values()))
+
+
+def longest_stall(work: Callable[[], object]) -> float:
+    """Seconds of the longest pause a second, busy Python thread sees while ``work`` runs in this one.
+
+    The GIL passes between threads every ``sys.getswitchinterval()`` (5 ms)
+    unless one C call holds it longer; on a loaded machine the OS adds its
+    own pauses, hence the pure-Python reference printed beside it.
+    """
+    worst = [0.0]
+    done = threading.Event()
+
+    def spin() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            now = time.perf_counter()
+            worst[0] = max(worst[0], now - last)
+            last = now
+
+    thread = threading.Thread(target=spin)
+    thread.start()
+    time.sleep(0.05)
+    worst[0] = 0.0
+    work()
+    done.set()
+    thread.join()
+    return worst[0]
+
+
+def _python_loop() -> None:
+    n = 0
+    for i in range(5_000_000):
+        n += i
+
+
+def _serve_like(registry: Registry, fmt: Format) -> None:
+    """What /metrics does: render in pieces, gzip them piece by piece."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    for piece in render(registry, fmt):
+        compressor.compress(piece)
+    compressor.flush()
+
+
+def bench_scrape(series: int) -> None:
+    """Print the cost of one scrape at ``series`` request label sets: prometheus-client's renderers against ours."""
     metrics = LLMMetrics(MetricsConfig())
     pods = max(1, series // (len(PATHS) * 2))
     for ev in events(series * 20, pods, seed=3):
         metrics.observe(ev._replace(status="success" if ev.status == "success" else "error"))
-    reg = CollectorRegistry()
-    reg.register(metrics)
+    client_registry = CollectorRegistry()
+    client_registry.register(metrics)
+    ours = Registry()
+    ours.register(metrics)
     labelsets = len(metrics._requests)
-    text = best_of(3, lambda: generate_latest(reg))
-    om = best_of(3, lambda: generate_openmetrics(reg))
-    size = len(generate_latest(reg))
-    return labelsets, text, om, size
+    path = "LLMMetrics.expose" if hasattr(metrics, "expose") else "generic path (LLMMetrics has no expose yet)"
+
+    t0 = time.perf_counter()
+    families = list(metrics.collect())
+    collect = time.perf_counter() - t0
+    frozen = Frozen(families)
+    replay = Registry()
+    replay.register(Replay(families))
+    text_body = generate_latest(frozen)
+    samples = text_body.count(b"\n") - 2 * len(families)
+    assert generate(replay, Format.TEXT) == text_body  # same input, same output: a fair comparison
+
+    print(f"scrape of {labelsets} request label sets ({samples:,} samples, {len(text_body) / 1e6:.1f} MB text), "
+          "best of 3:")
+    rows = [
+        ("prometheus-client generate_latest, as served", lambda: generate_latest(client_registry),
+         lambda: generate_openmetrics(client_registry)),
+        (f"generate(Registry), as served: {path}", lambda: generate(ours, Format.TEXT),
+         lambda: generate(ours, Format.OPENMETRICS)),
+        ("prometheus-client, render only (same families)", lambda: generate_latest(frozen),
+         lambda: generate_openmetrics(frozen)),
+        ("Writer.metric, generic path, render only", lambda: generate(frozen, Format.TEXT),
+         lambda: generate(frozen, Format.OPENMETRICS)),
+        ("Writer fast path, pre-built blocks, render only", lambda: generate(replay, Format.TEXT),
+         lambda: generate(replay, Format.OPENMETRICS)),
+    ]
+    reference: dict[int, tuple[float, float]] = {}
+    for i, (name, text_fn, om_fn) in enumerate(rows):
+        text, om = best_of(3, text_fn), best_of(3, om_fn)
+        base = reference.setdefault(0 if i < 2 else 2, (text, om))
+        ratio = "" if i in (0, 2) else f"   ({base[0] / text:5.1f}x, {base[1] / om:5.1f}x faster)"
+        print(f"  {name:<66} text {text * 1e3:6.0f} ms   OpenMetrics {om * 1e3:6.0f} ms{ratio}")
+    print(f"  (LLMMetrics.collect() alone, building the families: {collect * 1e3:.0f} ms)")
+    stalls = [
+        ("prometheus-client text", lambda: generate_latest(frozen)),
+        ("fast path render + gzip (as /metrics)", lambda: _serve_like(replay, Format.OPENMETRICS)),
+        ("pure-Python loop (reference)", _python_loop),
+    ]
+    print("  longest pause of another Python thread meanwhile: " + ", ".join(
+        f"{name} {min(longest_stall(fn) for _ in range(3)) * 1e3:.0f} ms" for name, fn in stalls))
 
 
 def main() -> None:
@@ -154,9 +319,7 @@ def main() -> None:
           f"  ({base / ours:.1f}x ours)")
     sink = bench_sink(max(1, args.records // 4))
     print(f"MetricsSink (normalise + observe), raw:   {sink:6.2f} us/record  ({1e6 / sink:,.0f} records/s)")
-    labelsets, text, om, size = bench_scrape(args.series)
-    print(f"scrape of {labelsets} request label sets ({size / 1e6:.1f} MB text): "
-          f"text {text * 1e3:.0f} ms, OpenMetrics {om * 1e3:.0f} ms")
+    bench_scrape(args.series)
 
 
 if __name__ == "__main__":

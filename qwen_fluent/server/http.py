@@ -1,14 +1,29 @@
 """The HTTP endpoint Prometheus and Kubernetes talk to: ``/metrics``, ``/healthz``, ``/readyz``.
 
+``/metrics`` renders with our own exposition writer
+(:mod:`qwen_fluent.metrics.exposition`): collectors with an ``expose(writer)``
+fast path write pre-built label blocks and format only numbers; the others'
+prometheus-client families go through its generic path. It negotiates the
+format as prometheus-client does: OpenMetrics 1.0 (with exemplars) when
+``Accept`` asks for ``application/openmetrics-text``, else the Prometheus
+text format 0.0.4; gzip (level 1) when ``Accept-Encoding`` allows.
+
 :class:`MetricsHTTPServer` runs the standard library's threading HTTP server
 in its own daemon thread, not on the asyncio loop, because a scrape is
-blocking work: collectors build families from snapshots (CPU-bound), the GPU
-collector makes blocking NVML calls, and prometheus-client renders text.
-Done on the event loop, a large scrape would stop record intake for its whole
+blocking work: collectors build snapshots (CPU-bound), the GPU collector
+makes blocking NVML calls, and the exposition is rendered in Python. Done on
+the event loop, a large scrape would stop record intake for its whole
 duration (the article's exporter's ``/metrics`` stalls for seconds under
-load); in a thread, the interpreter switches back to the loop every 5 ms
-(``sys.getswitchinterval()``), so intake slows during a scrape but never
-stops. It is also what prometheus-client's own ``start_http_server`` does.
+load). In a thread, the interpreter hands the GIL back to the loop at least
+every ``sys.getswitchinterval()`` (5 ms): the renderer holds it no longer at
+a time because it is Python code whose C calls are all short, the writer
+joining and encoding its output in pieces of at most
+:data:`~qwen_fluent.metrics.exposition.FLUSH_CHUNKS` chunks (~2 MB, about a
+millisecond each); the response is compressed (zlib releases the GIL while
+it deflates) and sent piece by piece, never joined into one large buffer.
+Intake slows during a scrape but never stops (``bench/bench_metrics.py``
+measures the longest stall a second thread sees). It is also what
+prometheus-client's own ``start_http_server`` does.
 
 Limits, each bounded so that a misbehaving client cannot pile up threads:
 
@@ -19,26 +34,26 @@ Limits, each bounded so that a misbehaving client cannot pile up threads:
 - the request line and headers are bounded by ``http.server`` (64 KiB line,
   100 headers).
 
-``/metrics`` negotiates the format like prometheus-client: OpenMetrics 1.0
-(with exemplars) when ``Accept`` asks for ``application/openmetrics-text``,
-else the Prometheus text format 0.0.4; gzip when ``Accept-Encoding`` allows.
 ``/healthz`` answers 200 while the process serves HTTP (liveness);
 ``/readyz`` answers 200 only while ``ready()`` is true (the Forward listener
-is bound and not shutting down), else 503.
+is bound and not shutting down), else 503. A collector that raises makes
+``/metrics`` answer 500 (logged); the endpoint keeps serving.
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
 import socket
 import threading
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.exposition import gzip_accepted
 from prometheus_client.registry import Collector
+
+from ..metrics.exposition import negotiate, render
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +67,12 @@ REQUEST_TIMEOUT = 10.0
 #: Seconds a scrape waits for another scrape's render to finish before it is
 #: answered 503. Same reason as REQUEST_TIMEOUT.
 RENDER_WAIT = 10.0
+
+#: gzip level of /metrics: the text exposition compresses ~10x at level 1
+#: already, and higher levels cost scrape latency for a few percent.
+GZIP_LEVEL = 1
+#: zlib's wbits for a gzip container (header and CRC trailer) around deflate.
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 _PLAIN = "text/plain; charset=utf-8"
 
@@ -126,12 +147,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, b"not found; try /metrics\n", _PLAIN, body)
 
     def _metrics(self, owner: MetricsHTTPServer, body: bool) -> None:
-        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        fmt = negotiate(self.headers.get("Accept", ""))
         if not owner._render_lock.acquire(timeout=RENDER_WAIT):
             self._reply(503, b"another scrape is rendering; try again\n", _PLAIN, body)
             return
         try:
-            output = encoder(owner.registry)
+            pieces = render(owner.registry, fmt)
         except Exception:  # noqa: BLE001 - a broken collector must not kill the endpoint
             log.exception("rendering /metrics failed")
             self._reply(500, b"rendering metrics failed; see the receiver's log\n", _PLAIN, body)
@@ -140,23 +161,27 @@ class _Handler(BaseHTTPRequestHandler):
             owner._render_lock.release()
         extra = []
         if gzip_accepted(self.headers.get("Accept-Encoding", "")):
-            # Level 1: text exposition compresses ~10x at level 1 already,
-            # and higher levels cost scrape latency for a few percent.
-            output = gzip.compress(output, compresslevel=1)
+            # Piece by piece: each compress() call releases the GIL while zlib deflates.
+            compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
+            pieces = [compressor.compress(piece) for piece in pieces]
+            pieces.append(compressor.flush())
             extra.append(("Content-Encoding", "gzip"))
         extra.append(("Vary", "Accept, Accept-Encoding"))
-        self._reply(200, output, content_type, body, extra)
+        self._reply(200, pieces, fmt.content_type, body, extra)
 
-    def _reply(self, code: int, payload: bytes, content_type: str, body: bool,
+    def _reply(self, code: int, payload: bytes | Sequence[bytes], content_type: str, body: bool,
                extra: list[tuple[str, str]] | None = None) -> None:
+        pieces = [payload] if isinstance(payload, bytes) else payload
         self.send_response(code)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Content-Length", str(sum(len(piece) for piece in pieces)))
         for name, value in extra or ():
             self.send_header(name, value)
         self.end_headers()
         if body:
-            self.wfile.write(payload)
+            for piece in pieces:
+                if piece:
+                    self.wfile.write(piece)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
         log.debug("http %s %s", self.address_string(), format % args)
