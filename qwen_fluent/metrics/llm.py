@@ -1,32 +1,40 @@
 """The LLM metric families: :class:`LLMMetrics` aggregates outcomes and exposes them.
 
-Design (measured in ``bench/bench_metrics.py``): per record, the hot path
-builds the label tuple with two C-level ``itemgetter`` calls, finds the
-series with one dict lookup, and updates plain slots in place: for each
-histogram a ``bisect`` and a list-element increment. Label caps are checked
-only when a label tuple is seen for the first time (or is one that folds).
-prometheus-client's ``Counter``/``Histogram`` objects would cost a lock and a
-``labels()`` lookup per family per record, several times more; instead this
-class is itself a prometheus-client custom collector that builds metric
-families from a snapshot at scrape time.
+Two ways in, one state. :meth:`LLMMetrics.observe` takes one normalised
+outcome at a time: the reference path, plain and general. The fast path
+(:mod:`.fast`) takes a whole Forward message of typed request records and
+updates the same state with a few numpy operations. Request label sets keep
+their numbers in a :class:`~.table.RequestTable` (a row each); the request
+histograms and counters are a table of specs (:mod:`.families`), so adding
+one is one line there. Label caps are checked only when a label tuple is seen
+for the first time (or is one that folds).
 
-Threads: :meth:`observe` and :meth:`expire` mutate and must be called from
-one thread (the receiver's event loop). :meth:`collect` only reads (a
-``list()`` of each dict, atomic under the GIL) and may run in the HTTP
-server's thread; a scrape that lands mid-record may see a histogram's sum one
-observation behind its buckets, never a count that goes backwards.
+Instead of prometheus-client's ``Counter``/``Histogram`` objects (a lock and
+a ``labels()`` lookup per family per record), this class is itself a
+collector: :meth:`collect` builds prometheus-client families from a
+snapshot, and :meth:`expose` writes the exposition directly from label
+blocks built once per series (:mod:`.exposition`), which is what /metrics uses.
+
+Threads: :meth:`observe`, the fast path and :meth:`expire` mutate and must be
+called from one thread (the receiver's event loop), holding :attr:`lock`
+around each message (the pipeline does); :meth:`collect` and :meth:`expose`
+take the lock only to copy a snapshot (a few ms at the cap) and render
+outside it, so a scrape sees whole messages and never stalls intake for
+longer than the copy.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -48,8 +56,11 @@ from ..records.events import (
 )
 from ..records.reasons import UNRECOGNISED_REASONS
 from .config import REQUEST_LABELS, SOURCE_LABELS, MetricsConfig
+from .families import REQUEST_COUNTERS, REQUEST_HISTOGRAMS, REQUESTS_HELP, HistogramSpec
+from .exposition import Writer, escape_label_value, label_block
 from .labels import MAX_SERIES, LabelSpace
 from .series import ENGINE_FIELDS, EngineSeries, LogSeries, PromptSeries, RequestSeries
+from .table import RequestGroup, RequestTable
 
 #: OpenMetrics caps an exemplar's label set at 128 UTF-8 characters, names
 #: and values together; ``request_id`` (10) leaves 118 for the value.
@@ -78,6 +89,13 @@ assert tuple(ENGINE_FAMILIES) == ENGINE_FIELDS
 #: Family groups, as the ``group`` label of ``qwen_fluent_label_sets``.
 GROUPS = ("requests", "logs", "vllm", "prompts")
 
+#: Raw label tuples the fast path remembers (each with its label set) between
+#: two expiry passes. A raw tuple is the record's status, path, model, method
+#: and kubernetes bytes before cleaning; a fleet has a few per pod, so 16384
+#: covers thousands of pods, while a path with a query string per request
+#: cannot grow it without bound: when full it is emptied and refilled.
+MAX_RAW_KEYS = 16384
+
 
 def _tuple_getter(indices: list[int]) -> Callable[[Any], tuple[Any, ...]]:
     """A C-speed ``obj -> tuple(obj[i] for i in indices)``, a tuple even for 0 or 1 index."""
@@ -91,6 +109,20 @@ def _tuple_getter(indices: list[int]) -> Callable[[Any], tuple[Any, ...]]:
 
 def _les(bounds: tuple[float, ...]) -> tuple[str, ...]:
     return tuple(floatToGoString(b) for b in bounds) + ("+Inf",)
+
+
+class Snapshot(NamedTuple):
+    """What one scrape exposes, copied under the lock: request series with their exemplar slots,
+    log, engine and prompt rows, the request table's arrays, unrecognised counts."""
+
+    requests: list[tuple[RequestSeries, tuple[str, ...], list[list[Any]]]]
+    logs: list[tuple[tuple[str, ...], int]]
+    engines: list[tuple[tuple[str, ...], list[float | None]]]
+    prompts: list[tuple[tuple[str, ...], int, str]]
+    table: RequestTable
+    unrecognised: dict[str, int]
+    #: Per request group: its series rows and its table (the first is ``requests``/``table``).
+    groups: list[tuple[list[tuple[RequestSeries, tuple[str, ...], list[list[Any]]]], RequestTable]] = []
 
 
 class LLMMetrics:
@@ -116,9 +148,8 @@ class LLMMetrics:
         req = tuple(name for name in cfg.labels if name in REQUEST_LABELS)
         src = tuple(name for name in cfg.labels if name in SOURCE_LABELS)
         pod = tuple(cfg.pod_labels)
-        self._group_names = src + pod
+        self._pod = pod
         self._req_names = req + src + pod
-        self._req_split = len(req)
         self._log_names = ("level",) + src + pod
         model = ("model",) if "model" in cfg.labels else ()
         self._pod_names = model + src + pod  # prompt, GPU-memory, last-request
@@ -135,35 +166,45 @@ class LLMMetrics:
         self._status_at = self._req_names.index("status") if "status" in req else -1
 
         # Key builders: C-level tuple getters over the NamedTuples.
-        self._req_key = _tuple_getter([RequestEvent._fields.index(n) for n in req])
-        src_get = _tuple_getter([Source._fields.index(n) for n in src])
-        if pod:
-            keys = tuple(cfg.pod_labels.values())
-
-            def src_key(source: Source) -> tuple[Any, ...]:
-                labels = source.labels or {}
-                return src_get(source) + tuple(labels.get(k, "") for k in keys)
-
-            self._src_key: Callable[[Source], tuple[Any, ...]] = src_key
-        else:
-            self._src_key = src_get
+        self._src_key = self._source_key(src)
         self._model_key: Callable[[str], tuple[str, ...]] = (lambda m: (m,)) if model else (lambda m: ())
         # (model, engine) or (engine,): one tuple per stats line, no branch.
         self._engine_key: Callable[[EngineStats], tuple[str, ...]] = (
             itemgetter(EngineStats._fields.index("model"), EngineStats._fields.index("engine")) if model
             else _tuple_getter([EngineStats._fields.index("engine")]))
 
-        self._dur = cfg.duration_buckets
-        self._ttft = cfg.ttft_buckets
-        self._tpot = cfg.tpot_buckets
-        self._itok = cfg.input_token_buckets
-        self._otok = cfg.output_token_buckets
-        self._sizes = (len(self._dur), len(self._ttft), len(self._tpot), len(self._itok), len(self._otok))
+        # The request families, from the spec tables, in groups that share a
+        # label list: the first (primary) carries requests_total, the token
+        # counters and the per-pod gauges with ``labels``; the histograms go
+        # where their label list (``histogram_labels``, ``family_labels``) puts them.
+        self.histograms: tuple[HistogramSpec, ...] = REQUEST_HISTOGRAMS
+        bounds = [tuple(getattr(cfg, spec.buckets)) for spec in self.histograms]
+        lists: dict[tuple[str, ...], list[int]] = {tuple(cfg.labels): []}
+        for h, spec in enumerate(self.histograms):
+            lists.setdefault(tuple(cfg.labels_of(spec.name)), []).append(h)
+        self.groups: list[RequestGroup] = []
+        for labels, hists in lists.items():
+            g_req = tuple(n for n in labels if n in REQUEST_LABELS)
+            g_src = tuple(n for n in labels if n in SOURCE_LABELS)
+            names = g_req + g_src + pod
+            name = "requests" if not self.groups else "requests:" + ",".join(names)
+            self.groups.append(RequestGroup(
+                name, names, len(g_req), hists, self.histograms, bounds,
+                REQUEST_COUNTERS if not self.groups else (), self._request_key(g_req, g_src), RequestEvent._fields))
+        self.primary = self.groups[0]
+        self._requests = self.primary.store
+        #: Histogram index -> (group index, index within the group).
+        self._hist_at = {h: (g, j) for g, group in enumerate(self.groups) for j, h in enumerate(group.histograms)}
+        self._bounds = bounds
         self._exemplars = cfg.exemplars
+        #: Held around each message by the writer and around each snapshot by a scrape.
+        self.lock = threading.Lock()
+        #: Fast path: raw label tuple -> (its label set in each request group, folds to count
+        #: per record); see MAX_RAW_KEYS.
+        self.raw_keys: dict[tuple[Any, ...], tuple[tuple[RequestSeries, ...], tuple[str, ...]]] = {}
         self._max_series = cfg.max_series
         self._overflow = cfg.overflow_value
 
-        self._requests: dict[tuple[Any, ...], RequestSeries] = {}
         self._logs: dict[tuple[Any, ...], LogSeries] = {}
         self._engines: dict[tuple[Any, ...], EngineSeries] = {}
         self._prompts: dict[tuple[Any, ...], PromptSeries] = {}
@@ -172,69 +213,42 @@ class LLMMetrics:
         self.unrecognised: Counter[str] = Counter({r: 0 for r in UNRECOGNISED_REASONS})
         #: Label sets removed by :meth:`expire`, all groups together.
         self.expired = 0
-        self._reports = 0  # GPU-memory reports so far
+        #: GPU-memory reports so far; each report's number breaks timestamp ties by arrival.
+        self.reports = 0
         # Expiry epochs: series store the epoch of their last update (an int
         # store, no clock read per record); expire() closes the current epoch
         # at ``now`` and remembers when each epoch ended.
         self._epoch = 0
         self._epoch_ends: dict[int, float] = {}
 
+    def _source_key(self, src: tuple[str, ...]) -> Callable[[Source], tuple[Any, ...]]:
+        """``source -> (its values of the src labels) + (its pod labels)``."""
+        src_get = _tuple_getter([Source._fields.index(n) for n in src])
+        if not self._pod:
+            return src_get
+        keys = tuple(self.config.pod_labels.values())
+
+        def src_key(source: Source) -> tuple[Any, ...]:
+            labels = source.labels or {}
+            return src_get(source) + tuple(labels.get(k, "") for k in keys)
+
+        return src_key
+
+    def _request_key(self, req: tuple[str, ...], src: tuple[str, ...]) -> Callable[[RequestEvent], tuple[Any, ...]]:
+        req_get = _tuple_getter([RequestEvent._fields.index(n) for n in req])
+        src_key = self._source_key(src)
+        return lambda event: req_get(event) + src_key(event.source)
+
     # -- the hot path ---------------------------------------------------------
 
-    def observe(self, outcome: Any) -> None:
-        """Count one normalised outcome. Never raises for any outcome the normaliser makes."""
+    def observe(self, outcome: Any, now: float | None = None) -> None:
+        """Count one normalised outcome. Never raises for any outcome the normaliser makes.
+
+        ``now`` stands for the timestamp of a request record that has none
+        (the pipeline passes the message's receive time; default ``time.time()``).
+        """
         if type(outcome) is RequestEvent:
-            key = self._req_key(outcome) + self._src_key(outcome.source)
-            s = self._requests.get(key)
-            if s is None:
-                s = self._admit_request(key)
-            s.touched = self._epoch
-            s.requests += 1
-            ts = outcome.timestamp
-            if ts is None:
-                ts = time.time()
-            if ts > s.last_ts:
-                s.last_ts = ts
-            v = outcome.total_s
-            if v is not None:
-                i = bisect_left(self._dur, v)
-                s.d_counts[i] += 1
-                s.d_sum += v
-                if self._exemplars and outcome.request_id:
-                    s.d_ex[i] = (outcome.request_id, v, ts)
-            v = outcome.queue_s
-            if v is not None:
-                s.q_counts[bisect_left(self._dur, v)] += 1
-                s.q_sum += v
-            v = outcome.inference_s
-            if v is not None:
-                i = bisect_left(self._dur, v)
-                s.i_counts[i] += 1
-                s.i_sum += v
-                if self._exemplars and outcome.request_id:
-                    s.i_ex[i] = (outcome.request_id, v, ts)
-            v = outcome.ttft_s
-            if v is not None:
-                s.f_counts[bisect_left(self._ttft, v)] += 1
-                s.f_sum += v
-            v = outcome.tpot_s
-            if v is not None:
-                s.p_counts[bisect_left(self._tpot, v)] += 1
-                s.p_sum += v
-            v = outcome.input_tokens
-            if v is not None:
-                s.it_counts[bisect_left(self._itok, v)] += 1
-                s.it_sum += v
-            v = outcome.output_tokens
-            if v is not None:
-                s.ot_counts[bisect_left(self._otok, v)] += 1
-                s.ot_sum += v
-            v = outcome.gpu_memory_bytes
-            if v is not None and ts >= s.gpu_ts:  # the newest report wins, ties by arrival
-                s.gpu = v
-                s.gpu_ts = ts
-                self._reports += 1  # arrival order breaks timestamp ties across label sets
-                s.gpu_seq = self._reports
+            self.observe_request(outcome, now)
         elif type(outcome) is LogEvent:
             key = (outcome.level,) + self._src_key(outcome.source)
             log = self._logs.get(key)
@@ -270,6 +284,62 @@ class LLMMetrics:
         else:
             raise TypeError(f"not a normalised outcome: {type(outcome).__name__}")
 
+    def observe_request(self, outcome: RequestEvent,
+                        now: float | None = None) -> tuple[tuple[RequestSeries, ...], tuple[str, ...]]:
+        """Count one request (:meth:`observe`); returns its label set in each request group and the
+        labels its lookups folded (the overflow counts they bumped), which the fast path repeats for
+        later records of the same raw labels."""
+        ts = outcome.timestamp
+        if ts is None:
+            ts = time.time() if now is None else now
+        exemplars = self._exemplars and outcome.request_id
+        before: dict[str, int] | None = None
+        series = []
+        for group in self.groups:
+            key = group.key(outcome)
+            s = group.store.get(key)
+            if s is None:
+                if before is None:
+                    before = dict(self._space.overflow)
+                s = self._admit_request(group, key)
+            s.touched = self._epoch
+            t = group.table
+            row = s.row
+            for j, (_, field, bounds, ex) in enumerate(group.plan):
+                v = outcome[field]
+                if v is not None:
+                    i = bisect_left(bounds, v)
+                    t.counts[j][row, i] += 1
+                    t.sums[j][row] += v
+                    if ex >= 0 and exemplars:
+                        s.ex[ex][i] = (outcome.request_id, v, ts)
+            series.append(s)
+        folds: tuple[str, ...] = ()
+        if before is not None:
+            # A record counts once per label it had folded, however many groups folded it.
+            overflow = self._space.overflow
+            folds = tuple(name for name, n in overflow.items() if n > before.get(name, 0))
+            for name in folds:
+                overflow[name] = before.get(name, 0) + 1
+        group = self.primary
+        t = group.table
+        row = series[0].row
+        t.requests[row] += 1
+        if ts > t.last_ts[row]:
+            t.last_ts[row] = ts
+        for k, field in enumerate(group.counter_fields):
+            v = outcome[field]
+            if v is not None:
+                t.counter_sums[k][row] += v
+        v = outcome.gpu_memory_bytes
+        if v is not None:
+            self.reports += 1  # every report is numbered, in arrival order
+            if ts >= t.gpu_ts[row]:  # the newest report wins, ties by arrival
+                t.gpu[row] = v
+                t.gpu_ts[row] = ts
+                t.gpu_seq[row] = self.reports
+        return tuple(series), folds
+
     # -- the slow path: a label tuple not seen before -------------------------
 
     def _fold(self, store: dict[tuple[Any, ...], Any], names: tuple[str, ...], raw: tuple[Any, ...]) -> tuple[str, ...]:
@@ -279,13 +349,13 @@ class LLMMetrics:
             self._space.overflow[MAX_SERIES] += 1
         return key
 
-    def _admit_request(self, raw: tuple[Any, ...]) -> RequestSeries:
-        key = self._fold(self._requests, self._req_names, raw)
-        s = self._requests.get(key)
+    def _admit_request(self, group: RequestGroup, raw: tuple[Any, ...]) -> RequestSeries:
+        key = self._fold(group.store, group.names, raw)
+        s = group.store.get(key)
         if s is None:
-            s = RequestSeries(key, key[self._req_split:], self._epoch, self._sizes)
-            self._requests[key] = s
-            self._space.hold(self._req_names, key)
+            s = group.new_series(key, self._epoch)
+            group.store[key] = s
+            self._space.hold(group.names, key)
         return s
 
     def _admit(self, store: dict[tuple[Any, ...], Any], names: tuple[str, ...], split: int,
@@ -324,26 +394,28 @@ class LLMMetrics:
             ends.clear()
             return 0
         cutoff = now - idle
-        stores: tuple[tuple[dict[tuple[Any, ...], Any], tuple[str, ...]], ...] = (
-            (self._requests, self._req_names),
-            (self._logs, self._log_names),
-            (self._engines, self._engine_names),
-            (self._prompts, self._pod_names),
-        )
+        stores: list[tuple[dict[tuple[Any, ...], Any], tuple[str, ...], RequestTable | None]] = [
+            (group.store, group.names, group.table) for group in self.groups]
+        stores += [(self._logs, self._log_names, None), (self._engines, self._engine_names, None),
+                   (self._prompts, self._pod_names, None)]
         latest: dict[tuple[str, ...], int] = {}
-        for store, _ in stores:
+        for store, _, _ in stores:
             for s in list(store.values()):
                 if latest.get(s.group, -1) < s.touched:
                     latest[s.group] = s.touched
         dead = {g for g, epoch in latest.items() if ends.get(epoch, math.inf) <= cutoff}
         removed = 0
         if dead:
-            for store, names in stores:
+            for store, names, table in stores:
                 for key, s in list(store.items()):
                     if s.group in dead:
                         del store[key]
                         self._space.release(names, key)
+                        if table is not None:
+                            table.release(s.row)
                         removed += 1
+        # Label sets may have gone and caps freed room: raw tuples are resolved afresh.
+        self.raw_keys.clear()
         # No surviving group's latest epoch ended before the cutoff, so these
         # are no longer needed.
         for epoch in [e for e, end in ends.items() if end <= cutoff]:
@@ -355,109 +427,177 @@ class LLMMetrics:
 
     def describe(self) -> Iterator[Metric]:
         """The families, without samples (for the registry's duplicate-name check)."""
-        return self._families((), (), (), ())
+        return self._families(self.snapshot(empty=True))
 
     def collect(self) -> Iterator[Metric]:
-        """Build every family from a snapshot of the series."""
-        return self._families(
-            list(self._requests.values()),
-            list(self._logs.values()),
-            list(self._engines.values()),
-            list(self._prompts.values()),
-        )
+        """Build every family from a snapshot of the series (prometheus-client's collector protocol)."""
+        return self._families(self.snapshot())
 
-    def _families(self, requests: Iterable[RequestSeries], logs: Iterable[LogSeries],
-                  engines: Iterable[EngineSeries], prompts: Iterable[PromptSeries]) -> Iterator[Metric]:
+    def snapshot(self, empty: bool = False) -> Snapshot:
+        """A consistent copy of everything exposed, taken under :attr:`lock` (whole messages only)."""
+        if empty:
+            groups = [([], RequestTable(g.table.specs, g.table.bounds, g.table.counter_specs)) for g in self.groups]
+            return Snapshot([], [], [], [], groups[0][1], {}, groups)
+        with self.lock:
+            groups = [([(s, s.key, [list(ex) for ex in s.ex]) for s in g.store.values()], g.table.snapshot())
+                      for g in self.groups]
+            return Snapshot(groups[0][0], [(s.key, s.count) for s in self._logs.values()],
+                            [(s.key, list(s.values)) for s in self._engines.values()],
+                            [(s.key, s.changes, s.prompt_hash) for s in self._prompts.values()],
+                            groups[0][1], dict(self.unrecognised), groups)
+
+    def expose(self, writer: Writer) -> None:
+        """Write every family straight into ``writer`` (:mod:`.exposition`), as :meth:`collect` describes them.
+
+        The fast path of /metrics: each request label set's label block is
+        built once, when first exposed, and kept on the series; a scrape only
+        formats numbers. The output is what prometheus-client writes for
+        :meth:`collect`'s families (``tests/metrics/test_exposition.py``).
+        """
+        snap = self.snapshot()
         ns = self._ns
-        names = self._req_names
-        rows = [(dict(zip(names, s.key)), s) for s in requests]
+        rows_of = []
+        for group, (series, _) in zip(self.groups, snap.groups):
+            rows = []
+            for s, key, ex in series:
+                block = s.block
+                if block is None:
+                    block = s.block = label_block(group.names, key)
+                rows.append((block, s.row, ex))
+            rows_of.append(rows)
+        rows, t = rows_of[0], snap.table
 
-        total = CounterMetricFamily(
-            f"{ns}_requests_total",
-            "Inference requests finished, by status (error and timeout are server-side failures; "
-            "client_error and cancelled are not).",
-            labels=names)
-        sample_name = total.name + "_total"
-        for labels, s in rows:
-            total.samples.append(Sample(sample_name, labels, s.requests))
-        if self.config.zero_fill_statuses and self._status_at >= 0:
-            at = self._status_at
-            seen: dict[tuple[str, ...], set[str]] = {}
-            for _, s in rows:
-                if s.key[at] != self._overflow:  # a folded label set is not a status's home
-                    seen.setdefault(s.key[:at] + s.key[at + 1:], set()).add(s.key[at])
-            for rest, statuses in seen.items():
-                for status in STATUSES:
-                    if status not in statuses:
-                        key = rest[:at] + (status,) + rest[at:]
-                        total.add_metric(key, 0)
-        yield total
+        writer.family(f"{ns}_requests_total", "counter", REQUESTS_HELP)
+        requests = t.requests.tolist()
+        for block, row, _ in rows:
+            writer.counter(block, requests[row])
+        for key in self.zero_filled(snap):
+            writer.counter(label_block(self._req_names, key), 0)
 
-        ex = self._exemplars
-        yield self._histogram(f"{ns}_request_duration_seconds",
-                              "End-to-end request duration as the server logged it (total_time).",
-                              self._dur, [(lb, s.d_counts, s.d_sum, s.d_ex if ex else None) for lb, s in rows])
-        yield self._histogram(f"{ns}_request_queue_duration_seconds",
-                              "Time requests waited in the server's queue before inference started.",
-                              self._dur, [(lb, s.q_counts, s.q_sum, None) for lb, s in rows])
-        yield self._histogram(f"{ns}_request_inference_duration_seconds",
-                              "Time requests spent in inference (prefill and decode).",
-                              self._dur, [(lb, s.i_counts, s.i_sum, s.i_ex if ex else None) for lb, s in rows])
-        yield self._histogram(f"{ns}_time_to_first_token_seconds",
-                              "Time from request arrival to its first output token.",
-                              self._ttft, [(lb, s.f_counts, s.f_sum, None) for lb, s in rows])
-        yield self._histogram(f"{ns}_time_per_output_token_seconds",
-                              "Time per output token: as logged, else (total - ttft) / (output_tokens - 1), else inference / output_tokens.",
-                              self._tpot, [(lb, s.p_counts, s.p_sum, None) for lb, s in rows])
-        yield self._histogram(f"{ns}_request_input_tokens", "Prompt (input) tokens per request.",
-                              self._itok, [(lb, s.it_counts, s.it_sum, None) for lb, s in rows], unit="")
-        yield self._histogram(f"{ns}_request_output_tokens", "Generated (output) tokens per request.",
-                              self._otok, [(lb, s.ot_counts, s.ot_sum, None) for lb, s in rows], unit="")
-        for name, doc, attr in (
-            (f"{ns}_input_tokens_total", "Prompt (input) tokens of finished requests; rate() gives tokens/s.", "it_sum"),
-            (f"{ns}_output_tokens_total", "Generated (output) tokens of finished requests; rate() gives tokens/s.",
-             "ot_sum"),
-        ):
-            fam = CounterMetricFamily(name, doc, labels=names)
-            for labels, s in rows:
-                fam.samples.append(Sample(fam.name + "_total", labels, getattr(s, attr)))
-            yield fam
+        for h, spec in enumerate(self.histograms):
+            g, j = self._hist_at[h]
+            gt = snap.groups[g][1]
+            writer.family(f"{ns}_{spec.name}", "histogram", spec.help, spec.unit)
+            les = _les(self._bounds[h])
+            counts = gt.counts[j].tolist()
+            sums = gt.sums[j].tolist()
+            ex = self.groups[g].plan[j][3] if self._exemplars else -1
+            for block, row, exs in rows_of[g]:
+                exemplars = None
+                if ex >= 0:
+                    exemplars = [None if slot is None else
+                                 (f'request_id="{escape_label_value(slot[0][:EXEMPLAR_ID_LENGTH])}"', slot[1], slot[2])
+                                 for slot in exs[ex]]
+                writer.histogram(block, les, counts[row], sums[row], exemplars)
+        for k, spec in enumerate(REQUEST_COUNTERS):
+            writer.family(f"{ns}_{spec.name}", "counter", spec.help)
+            sums = t.counter_sums[k].tolist()
+            for block, row, _ in rows:
+                writer.counter(block, sums[row])
 
-        # Per-pod gauges, grouped from the request label sets.
+        gpu, last = self.pod_gauges(snap)
+        pod_names = self._pod_names
+        writer.family(f"{ns}_gpu_memory_reported_bytes", "gauge",
+                      "GPU memory the inference server last reported in a request log, bytes.", "bytes")
+        for key, value in gpu.items():
+            writer.gauge(label_block(pod_names, key), value)
+        writer.family(f"{ns}_last_request_timestamp_seconds", "gauge",
+                      "Timestamp of the newest request log line, seconds since the epoch.", "seconds")
+        for key, value in last.items():
+            writer.gauge(label_block(pod_names, key), value)
+        for metric in self._small_families(snap):
+            writer.metric(metric)
+
+    def pod_gauges(self, snap: Snapshot) -> tuple[dict[tuple[str, ...], float], dict[tuple[str, ...], float]]:
+        """The per-pod gauges, grouped from the request label sets: (GPU memory reported, last request time)."""
+        t = snap.table
         pick = self._req_to_pod
         last: dict[tuple[str, ...], float] = {}
         gpu: dict[tuple[str, ...], tuple[float, int, float]] = {}
-        for _, s in rows:
-            key = tuple(s.key[i] for i in pick)
-            if s.last_ts > last.get(key, -math.inf):
-                last[key] = s.last_ts
-            value = s.gpu
-            if value is not None:
-                report = (s.gpu_ts, s.gpu_seq, value)
-                if report > gpu.get(key, (-math.inf, 0, 0.0)):
-                    gpu[key] = report
+        for s, key, _ in snap.requests:
+            pod = tuple(key[i] for i in pick)
+            row = s.row
+            ts = float(t.last_ts[row])
+            if ts > last.get(pod, -math.inf):
+                last[pod] = ts
+            value = float(t.gpu[row])
+            if not math.isnan(value):
+                report = (float(t.gpu_ts[row]), int(t.gpu_seq[row]), value)
+                if report > gpu.get(pod, (-math.inf, 0, 0.0)):
+                    gpu[pod] = report
+        return ({pod: report[2] for pod, report in gpu.items()},
+                {pod: ts for pod, ts in last.items() if ts > -math.inf})
+
+    def zero_filled(self, snap: Snapshot) -> list[tuple[str, ...]]:
+        """Request label sets to expose at 0 for the statuses they have not seen (``zero_fill_statuses``)."""
+        if not (self.config.zero_fill_statuses and self._status_at >= 0):
+            return []
+        at = self._status_at
+        seen: dict[tuple[str, ...], set[str]] = {}
+        for _, key, _ in snap.requests:
+            if key[at] != self._overflow:  # a folded label set is not a status's home
+                seen.setdefault(key[:at] + key[at + 1:], set()).add(key[at])
+        return [rest[:at] + (status,) + rest[at:]
+                for rest, statuses in seen.items() for status in STATUSES if status not in statuses]
+
+    def _families(self, snap: Snapshot) -> Iterator[Metric]:
+        ns = self._ns
+        names = self._req_names
+        t = snap.table
+        rows_of = [[(dict(zip(group.names, key)), s.row, ex) for s, key, ex in series]
+                   for group, (series, _) in zip(self.groups, snap.groups)]
+        rows = rows_of[0]
+
+        total = CounterMetricFamily(f"{ns}_requests_total", REQUESTS_HELP, labels=names)
+        sample_name = total.name + "_total"
+        for labels, row, _ in rows:
+            total.samples.append(Sample(sample_name, labels, int(t.requests[row])))
+        for key in self.zero_filled(snap):
+            total.add_metric(key, 0)
+        yield total
+
+        for h, spec in enumerate(self.histograms):
+            g, j = self._hist_at[h]
+            gt = snap.groups[g][1]
+            ex = self.groups[g].plan[j][3] if self._exemplars else -1
+            counts, sums = gt.counts[j], gt.sums[j]
+            yield self._histogram(f"{ns}_{spec.name}", spec.help, self._bounds[h], self.groups[g].names,
+                                  [(lb, counts[row].tolist(), sums[row].item(), exs[ex] if ex >= 0 else None)
+                                   for lb, row, exs in rows_of[g]], unit=spec.unit)
+        for k, spec in enumerate(REQUEST_COUNTERS):
+            sums = t.counter_sums[k]
+            fam = CounterMetricFamily(f"{ns}_{spec.name}", spec.help, labels=names)
+            for labels, row, _ in rows:
+                fam.samples.append(Sample(fam.name + "_total", labels, sums[row].item()))
+            yield fam
+
+        gpu, last = self.pod_gauges(snap)
         pod_names = self._pod_names
         fam = GaugeMetricFamily(f"{ns}_gpu_memory_reported_bytes",
                                 "GPU memory the inference server last reported in a request log, bytes.",
                                 labels=pod_names, unit="bytes")
-        for key, (_, _, value) in gpu.items():
+        for key, value in gpu.items():
             fam.add_metric(key, value)
         yield fam
         fam = GaugeMetricFamily(f"{ns}_last_request_timestamp_seconds",
                                 "Timestamp of the newest request log line, seconds since the epoch.",
                                 labels=pod_names, unit="seconds")
         for key, value in last.items():
-            if value > -math.inf:
-                fam.add_metric(key, value)
+            fam.add_metric(key, value)
         yield fam
+        yield from self._small_families(snap)
 
+    def _small_families(self, snap: Snapshot) -> Iterator[Metric]:
+        """The log, vLLM, prompt and receiver-side families: a few series per pod, built per scrape."""
+        ns = self._ns
+        pod_names = self._pod_names
         logs_fam = CounterMetricFamily(f"{ns}_log_messages_total",
                                        "Log lines that are not requests, by level.", labels=self._log_names)
-        for s in logs:
-            logs_fam.add_metric(s.key, s.count)
+        for key, count in snap.logs:
+            logs_fam.add_metric(key, count)
         yield logs_fam
 
-        engine_rows = [(s.key, list(s.values)) for s in engines]
+        engine_rows = snap.engines
         for i, (suffix, doc, unit) in enumerate(ENGINE_FAMILIES.values()):
             fam = GaugeMetricFamily(f"{ns}_{suffix}", doc, labels=self._engine_names, unit=unit)
             for key, values in engine_rows:
@@ -465,7 +605,7 @@ class LLMMetrics:
                     fam.add_metric(key, values[i])
             yield fam
 
-        prompt_rows = [(s.key, s.changes, s.prompt_hash) for s in prompts]
+        prompt_rows = snap.prompts
         fam = CounterMetricFamily(f"{ns}_system_prompt_changes_total",
                                   "System-prompt changes announced in the logs.", labels=pod_names)
         for key, changes, _ in prompt_rows:
@@ -477,14 +617,14 @@ class LLMMetrics:
             info.add_metric(key, {"prompt_hash": digest})
         yield info
 
-        yield from self._own_families()
+        yield from self._own_families(snap)
 
-    def _own_families(self) -> Iterator[Metric]:
+    def _own_families(self, snap: Snapshot) -> Iterator[Metric]:
         fam = CounterMetricFamily("qwen_fluent_label_overflow_total",
                                   "Records whose label value was folded into the overflow value, by label "
                                   "(max_series: the whole label set, the family group being full).",
                                   labels=("label",))
-        counts = dict.fromkeys(self._req_names + ("level", "engine", MAX_SERIES), 0)
+        counts = dict.fromkeys([n for g in self.groups for n in g.names] + ["level", "engine", MAX_SERIES], 0)
         counts.update(self._space.overflow)
         for label, n in counts.items():
             fam.add_metric((label,), n)
@@ -494,20 +634,22 @@ class LLMMetrics:
                                   value=self.expired)
         fam = CounterMetricFamily("qwen_fluent_unrecognised_records_total",
                                   "Records the normaliser could not classify, by reason.", labels=("reason",))
-        for reason, n in list(self.unrecognised.items()):
+        for reason, n in snap.unrecognised.items():
             fam.add_metric((reason,), n)
         yield fam
         fam = GaugeMetricFamily("qwen_fluent_label_sets",
                                 "Label sets alive per family group; each group is capped at max_series.",
                                 labels=("group",))
-        for group, store in zip(GROUPS, (self._requests, self._logs, self._engines, self._prompts)):
-            fam.add_metric((group,), len(store))
+        for group, (series, _) in zip(self.groups, snap.groups):
+            fam.add_metric((group.name,), len(series))
+        for name, rows in zip(GROUPS[1:], (snap.logs, snap.engines, snap.prompts)):
+            fam.add_metric((name,), len(rows))
         yield fam
 
-    def _histogram(self, name: str, doc: str, bounds: tuple[float, ...],
+    def _histogram(self, name: str, doc: str, bounds: tuple[float, ...], names: tuple[str, ...],
                    rows: list[tuple[dict[str, str], list[int], float, list[Any] | None]],
                    unit: str = "seconds") -> HistogramMetricFamily:
-        fam = HistogramMetricFamily(name, doc, labels=self._req_names, unit=unit)
+        fam = HistogramMetricFamily(name, doc, labels=names, unit=unit)
         les = _les(bounds)
         bucket, count, total = name + "_bucket", name + "_count", name + "_sum"
         append = fam.samples.append

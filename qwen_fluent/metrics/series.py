@@ -1,10 +1,10 @@
-"""Per-label-set state of each family group: plain slots updated in place.
+"""Per-label-set state of each family group.
 
 One object per label set, found by one dict lookup of the label tuple. The
-hot path writes integers and floats into ``__slots__`` and increments one
-element of a bucket-count list; nothing here allocates per record except an
-exemplar tuple. Bucket counts are per bucket (not cumulative); the collector
-accumulates them at scrape time.
+request label sets keep their numbers in a numpy table (:mod:`.table`); the
+others (logs, vLLM gauges, prompts: a few per pod, updated now and then)
+keep them in ``__slots__`` updated in place. Bucket counts are per bucket
+(not cumulative); the exposition accumulates them at scrape time.
 
 Every object carries ``key`` (its folded label values, for the exposition and
 for releasing them on expiry), ``group`` (the Kubernetes part of the key: the
@@ -21,56 +21,27 @@ ExemplarSlot = Optional[tuple[str, float, Optional[float]]]
 
 
 class RequestSeries:
-    """One label set of the request families: a counter and seven histograms.
+    """One label set of the request families: the counter, the histograms, the per-pod gauge inputs.
 
-    Histograms, by slot prefix: ``d`` end-to-end, ``q`` queue, ``i``
-    inference, ``f`` time to first token, ``p`` time per output token, ``it``
-    input tokens, ``ot`` output tokens. The token counters
-    (``input_tokens_total``...) are the token histograms' sums. ``last_ts``
-    (newest record timestamp) and ``gpu``/``gpu_ts``/``gpu_seq`` (last
-    reported GPU memory, its timestamp and arrival number) feed the per-pod gauges, which are grouped at scrape
-    time rather than kept per record.
+    Its numbers live in row ``row`` of the aggregator's
+    :class:`~qwen_fluent.metrics.table.RequestTable` (numpy columns, so that a
+    whole message updates in a few array operations); this object holds what
+    is per label set and not a number: the key, the expiry group and epoch,
+    and the exemplar slots of the histograms that carry them (``ex[j]`` for
+    the j-th such histogram, one slot per bucket). ``block`` is the label
+    block of the exposition, rendered once when first needed.
     """
 
-    __slots__ = (
-        "key", "group", "touched", "requests",
-        "d_counts", "d_sum", "d_ex",
-        "q_counts", "q_sum",
-        "i_counts", "i_sum", "i_ex",
-        "f_counts", "f_sum",
-        "p_counts", "p_sum",
-        "it_counts", "it_sum",
-        "ot_counts", "ot_sum",
-        "last_ts", "gpu", "gpu_ts", "gpu_seq",
-    )
+    __slots__ = ("key", "group", "touched", "row", "ex", "block")
 
-    def __init__(self, key: tuple[str, ...], group: tuple[str, ...], touched: int,
-                 sizes: tuple[int, int, int, int, int]) -> None:
-        dur, ttft, tpot, itok, otok = sizes
+    def __init__(self, key: tuple[str, ...], group: tuple[str, ...], touched: int, row: int,
+                 exemplar_widths: tuple[int, ...]) -> None:
         self.key = key
         self.group = group
         self.touched = touched
-        self.requests = 0
-        self.d_counts = [0] * (dur + 1)
-        self.d_sum = 0.0
-        self.d_ex: list[ExemplarSlot] = [None] * (dur + 1)
-        self.q_counts = [0] * (dur + 1)
-        self.q_sum = 0.0
-        self.i_counts = [0] * (dur + 1)
-        self.i_sum = 0.0
-        self.i_ex: list[ExemplarSlot] = [None] * (dur + 1)
-        self.f_counts = [0] * (ttft + 1)
-        self.f_sum = 0.0
-        self.p_counts = [0] * (tpot + 1)
-        self.p_sum = 0.0
-        self.it_counts = [0] * (itok + 1)
-        self.it_sum = 0  # int: token totals stay exact
-        self.ot_counts = [0] * (otok + 1)
-        self.ot_sum = 0
-        self.last_ts = float("-inf")
-        self.gpu: float | None = None
-        self.gpu_ts = float("-inf")
-        self.gpu_seq = 0
+        self.row = row
+        self.ex: list[list[ExemplarSlot]] = [[None] * w for w in exemplar_widths]
+        self.block: str | None = None
 
 
 class LogSeries:

@@ -57,6 +57,12 @@ def test_from_mapping_takes_toml_lists_and_merges_limits() -> None:
     ({"input_token_buckets": ["1"]}, "input_token_buckets"),
     ({"output_token_buckets": list(range(1, 100))}, "output_token_buckets"),
     ({"exemplars": "yes"}, "exemplars"),
+    ({"histogram_labels": ["status", "nope"]}, "histogram_labels"),
+    ({"histogram_labels": "path"}, "histogram_labels"),
+    ({"family_labels": {"requests_total": ["pod"]}}, "family_labels"),
+    ({"family_labels": {"request_duration_seconds": ["pod", "pod"]}}, "family_labels.request_duration_seconds"),
+    ({"family_labels": ["request_duration_seconds"]}, "family_labels"),
+    ({"histogram_labels": ["method"], "pod_labels": {"method": "x"}}, "pod_labels"),
 ])
 def test_invalid_values_name_their_field(fields: dict, field: str) -> None:
     with pytest.raises(MetricsConfigError) as info:

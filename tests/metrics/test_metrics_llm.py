@@ -91,6 +91,10 @@ events = st.builds(
 )
 
 
+#: The default histogram label set of the requests built by ``request()``: ``labels`` without ``status``.
+HIST_LABELS = {"path": "/v1/chat/completions", "model": "qwen", "namespace": "ml", "pod": "pod-a", "container": "vllm"}
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(events, max_size=60))
 def test_every_request_sample_matches_ground_truth(evs: list[RequestEvent]) -> None:
@@ -104,8 +108,7 @@ def test_a_value_on_a_bound_lands_in_that_bucket() -> None:
     metrics = LLMMetrics(MetricsConfig())
     metrics.observe(request(total=2.0, input_tokens=131072, output_tokens=8192))
     samples = scrape(metrics)
-    labels = {"status": "success", "path": "/v1/chat/completions", "model": "qwen", "namespace": "ml",
-              "pod": "pod-a", "container": "vllm"}
+    labels = HIST_LABELS  # histograms carry no status by default
     assert samples[key("qwen_request_duration_seconds_bucket", {**labels, "le": "1.5"})] == 0
     assert samples[key("qwen_request_duration_seconds_bucket", {**labels, "le": "2.0"})] == 1
     assert samples[key("qwen_request_input_tokens_bucket", {**labels, "le": "65536.0"})] == 0
@@ -120,8 +123,8 @@ def test_missing_values_are_not_zero_observations() -> None:
     labels = {"status": "success", "path": "/v1/chat/completions", "model": "qwen", "namespace": "ml",
               "pod": "pod-a", "container": "vllm"}
     assert samples[key("qwen_requests_total", labels)] == 1
-    assert samples[key("qwen_request_duration_seconds_count", labels)] == 0
-    assert samples[key("qwen_request_inference_duration_seconds_count", labels)] == 1
+    assert samples[key("qwen_request_duration_seconds_count", HIST_LABELS)] == 0
+    assert samples[key("qwen_request_inference_duration_seconds_count", HIST_LABELS)] == 1
     assert samples[key("qwen_input_tokens_total", labels)] == 0
     assert not any(k[0] == "qwen_gpu_memory_reported_bytes" for k in samples)
 
@@ -154,6 +157,42 @@ def test_namespace_and_label_set_are_configurable() -> None:
     # Per-pod gauges drop model (not configured) and the request labels.
     assert samples[key("llm_gpu_memory_reported_bytes", {"pod": "pod-a", "host": "node-1", "team": "search"})] == 2**30
     assert not any(k[0].startswith("qwen_") and not k[0].startswith("qwen_fluent_") for k in samples)
+
+
+def test_histograms_carry_their_own_labels_per_family() -> None:
+    config = MetricsConfig(histogram_labels=("model", "pod"),
+                           family_labels={"request_queue_duration_seconds": ("status", "path", "model", "namespace",
+                                                                             "pod", "container")})
+    metrics = LLMMetrics(config)
+    metrics.observe(request(status="success", total=1.0, queue=0.1))
+    metrics.observe(request(status="error", total=3.0, queue=0.2))
+    samples = scrape(metrics)
+    full = {"path": "/v1/chat/completions", "model": "qwen", "namespace": "ml", "pod": "pod-a", "container": "vllm"}
+    # Counters keep `labels` (status included); the duration histogram only model and pod.
+    assert samples[key("qwen_requests_total", {**full, "status": "error"})] == 1
+    assert samples[key("qwen_request_duration_seconds_count", {"model": "qwen", "pod": "pod-a"})] == 2
+    assert samples[key("qwen_request_duration_seconds_sum", {"model": "qwen", "pod": "pod-a"})] == 4.0
+    # The queue histogram, overridden, keeps one label set per status.
+    assert samples[key("qwen_request_queue_duration_seconds_sum", {**full, "status": "success"})] == 0.1
+    assert samples[key("qwen_request_queue_duration_seconds_sum", {**full, "status": "error"})] == 0.2
+    groups = {dict(k[1])["group"]: v for k, v in samples.items() if k[0] == "qwen_fluent_label_sets"}
+    # The queue histogram's labels are the counters': it shares their label sets (no group of its own).
+    assert groups == {"requests": 2, "requests:model,pod": 1, "logs": 0, "vllm": 0, "prompts": 0}
+
+
+def test_the_default_exposition_of_a_node_of_8_pods_is_the_documented_size() -> None:
+    """docs/metrics.md, Cost: 8 vLLM pods, one model, two routes, three statuses, two levels, engine stats."""
+    metrics = LLMMetrics(MetricsConfig())
+    for p in range(8):
+        src = Source("ml", f"vllm-{p}", "vllm", "node")
+        for path in ("/v1/chat/completions", "/v1/completions"):
+            for status in ("success", "error", "client_error"):
+                metrics.observe(request(status=status, path=path, source=src))
+        for level in ("info", "warning"):
+            metrics.observe(LogEvent(level, src))
+        metrics.observe(EngineStats(1.0, 2.0, 1, 0, 0, 0.5, 0.0, 0.3, "qwen", src, "0"))
+    samples = scrape(metrics)
+    assert sum(1 for k in samples if k[0].startswith("qwen_") and not k[0].startswith("qwen_fluent_")) == 2640
 
 
 def test_gpu_gauge_is_the_last_reported_value_of_the_pod_across_statuses() -> None:
@@ -234,7 +273,8 @@ def test_a_quiet_pod_expires_whole_while_a_busy_pod_keeps_even_its_quiet_series(
     assert samples[key("qwen_requests_total", {"status": "error", "path": "/v1/chat/completions", "model": "qwen",
                                                "namespace": "ml", "pod": "pod-a", "container": "vllm"})] == 1
     assert not any(k[0] == "qwen_log_messages_total" for k in samples)
-    assert samples[key("qwen_fluent_series_expired_total", {})] == 2  # pod-b: one request set, one log set
+    # pod-b: its label set in each request group (counters, histograms) and its log set.
+    assert samples[key("qwen_fluent_series_expired_total", {})] == 3
 
 
 def test_expiry_never_removes_a_series_before_its_idle_time() -> None:
@@ -243,7 +283,7 @@ def test_expiry_never_removes_a_series_before_its_idle_time() -> None:
     metrics.observe(request())  # updated at some time in [0, 90)
     metrics.expire(90.0)
     assert metrics.expire(150.0) == 0  # may have been updated at 89: not 100 s yet
-    assert metrics.expire(190.0) == 1  # certainly quiet since 90
+    assert metrics.expire(190.0) == 2  # certainly quiet since 90: the counters' and the histograms' label sets
 
 
 def test_expiry_frees_room_under_the_cap() -> None:
@@ -453,5 +493,5 @@ def test_scrapes_during_intake_never_see_a_count_go_backwards() -> None:
     labels = {"status": "success", "path": "/v1/chat/completions", "model": "qwen", "namespace": "ml",
               "pod": "pod-a", "container": "vllm"}
     assert seen[-1][key("qwen_requests_total", labels)] == 30_000
-    assert math.isclose(seen[-1][key("qwen_request_duration_seconds_sum", labels)],
+    assert math.isclose(seen[-1][key("qwen_request_duration_seconds_sum", HIST_LABELS)],
                         sum((i % 100) / 10 for i in range(30_000)), rel_tol=1e-9)

@@ -40,7 +40,8 @@ def test_each_entry_is_counted_once_as_accepted_or_unrecognised() -> None:
     labels = {"path": "/v1/chat/completions", "model": "", "namespace": "ml", "pod": "pod-a", "container": "vllm"}
     assert samples[key("qwen_requests_total", {**labels, "status": "success"})] == 1
     assert samples[key("qwen_requests_total", {**labels, "status": "error"})] == 1
-    assert samples[key("qwen_request_duration_seconds_sum", {**labels, "status": "success"})] == 1.5
+    # Histograms carry no status: the success and the error request share one label set.
+    assert samples[key("qwen_request_duration_seconds_sum", labels)] == 3.0
     assert samples[key("qwen_fluent_unrecognised_records_total", {"reason": "unknown_shape"})] == 1
     assert samples[key("qwen_fluent_unrecognised_records_total", {"reason": "empty_record"})] == 1
 

@@ -289,9 +289,14 @@ def test_panel_token_throughput(run: Run) -> None:
     got = _vector(run.prom.query(f"sum(rate(qwen_output_tokens_total[{WINDOW}]))", at=run.at))[""]
     expected = _expected_rates(run, "qwen_output_tokens_total", lambda r: r.output_tokens, None)[""]
     assert math.isclose(got, expected, rel_tol=1e-9)
-    # The article's form: the output-token histogram's _sum is the same counter.
-    same = _vector(run.prom.query(f"sum(rate(qwen_request_output_tokens_sum[{WINDOW}]))", at=run.at))[""]
-    assert math.isclose(same, got, rel_tol=1e-12)
+    # The article's form: the output-token histogram's _sum counts the same tokens. It is split
+    # by fewer labels (no status), so rate()'s extrapolation at series starts differs a little;
+    # the totals are equal to the token.
+    total = _vector(run.prom.query("sum(qwen_output_tokens_total)", at=run.at))[""]
+    same = _vector(run.prom.query("sum(qwen_request_output_tokens_sum)", at=run.at))[""]
+    assert same == total == sum(r.output_tokens for r in run.data.requests if r.output_tokens is not None)
+    rate = _vector(run.prom.query(f"sum(rate(qwen_request_output_tokens_sum[{WINDOW}]))", at=run.at))[""]
+    assert math.isclose(rate, got, rel_tol=0.01)
 
 
 def _bucket_of(value: float) -> tuple[float, float]:

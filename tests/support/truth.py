@@ -68,8 +68,16 @@ def _histogram(out: dict[SampleKey, float], name: str, labels: Mapping[str, str]
 
 def expected_request_samples(requests: list[Request], ns: str = "qwen",
                              label_names: tuple[str, ...] = REQUEST_LABELS,
-                             zero_fill: bool = True) -> dict[SampleKey, float]:
-    """Every sample of the request families and the per-pod gauges, with default buckets."""
+                             zero_fill: bool = True,
+                             histogram_labels: tuple[str, ...] | None = None) -> dict[SampleKey, float]:
+    """Every sample of the request families and the per-pod gauges, with default buckets.
+
+    Counters carry ``label_names``; histograms ``histogram_labels`` (default:
+    ``label_names`` without ``status``, which for the default ``label_names``
+    is the receiver's default).
+    """
+    if histogram_labels is None:
+        histogram_labels = tuple(n for n in label_names if n != "status")
     groups: dict[tuple[str, ...], list[Request]] = {}
     for r in requests:
         groups.setdefault(tuple(r.labels[n] for n in label_names), []).append(r)
@@ -77,6 +85,14 @@ def expected_request_samples(requests: list[Request], ns: str = "qwen",
     for values, rs in groups.items():
         labels = dict(zip(label_names, values))
         out[key(f"{ns}_requests_total", labels)] = len(rs)
+        out[key(f"{ns}_input_tokens_total", labels)] = sum(r.input_tokens for r in rs if r.input_tokens is not None)
+        out[key(f"{ns}_output_tokens_total", labels)] = sum(
+            r.output_tokens for r in rs if r.output_tokens is not None)
+    hist_groups: dict[tuple[str, ...], list[Request]] = {}
+    for r in requests:
+        hist_groups.setdefault(tuple(r.labels[n] for n in histogram_labels), []).append(r)
+    for values, rs in hist_groups.items():
+        labels = dict(zip(histogram_labels, values))
         for name, attr, bounds in (
             ("request_duration_seconds", "total_s", DURATION_BUCKETS),
             ("request_queue_duration_seconds", "queue_s", DURATION_BUCKETS),
@@ -88,9 +104,6 @@ def expected_request_samples(requests: list[Request], ns: str = "qwen",
         ):
             observed = [getattr(r, attr) for r in rs if getattr(r, attr) is not None]
             _histogram(out, f"{ns}_{name}", labels, observed, bounds)
-        out[key(f"{ns}_input_tokens_total", labels)] = sum(r.input_tokens for r in rs if r.input_tokens is not None)
-        out[key(f"{ns}_output_tokens_total", labels)] = sum(
-            r.output_tokens for r in rs if r.output_tokens is not None)
     if zero_fill and "status" in label_names:
         for values in list(groups):
             labels = dict(zip(label_names, values))
