@@ -13,8 +13,6 @@ import signal
 import time
 from typing import Callable
 
-from prometheus_client import CollectorRegistry
-
 from . import __version__
 from .config import AppConfig
 from .forward import Message
@@ -62,6 +60,7 @@ class Receiver:
 
     def __init__(self, config: AppConfig) -> None:
         from .metrics import LLMMetrics, ReceiverCollector
+        from .metrics.exposition import Registry
         from .pipeline import MetricsSink
         from .records import Normaliser
         from .server.http import MetricsHTTPServer
@@ -69,18 +68,22 @@ class Receiver:
 
         self.config = config
         self.stats = ReceiverStats()
-        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry = Registry()
         self.metrics = LLMMetrics(config.metrics)
         self.registry.register(self.metrics)
         self.registry.register(ReceiverCollector(self.stats))
-        sinks: list[Callable[[Message], None]] = [MetricsSink(Normaliser(config.records), self.metrics, self.stats)]
+        limits = config.server.limits
+        sinks: list[Callable[[Message], None]] = [
+            MetricsSink(Normaliser(config.records), self.metrics, self.stats, limits)]
         if config.stdout:
             sinks.append(StdoutSink())
         self.gpu = None
         if config.gpu is not None and config.gpu.enabled:
             self.gpu = config.gpu.collector(config.metrics.namespace)
             self.registry.register(self.gpu)
-        self.forward = ForwardServer(config.server, _fan_out(sinks), self.stats)
+        # The metrics sink decodes packed payloads on its typed fast path; the
+        # stdout sink needs every record decoded, so with it the connection decodes.
+        self.forward = ForwardServer(config.server, _fan_out(sinks), self.stats, defer_packed=not config.stdout)
         self.http = MetricsHTTPServer(config.http.host, config.http.port, self.registry, ready=self.ready)
         self._expiry: asyncio.Task[None] | None = None
 
@@ -107,7 +110,8 @@ class Receiver:
     async def _expire_loop(self) -> None:
         while True:
             await asyncio.sleep(EXPIRY_INTERVAL)
-            self.metrics.expire(time.time())
+            with self.metrics.lock:  # a scrape copies whole states, never one mid-expiry
+                self.metrics.expire(time.time())
 
     async def stop(self) -> None:
         log.info("shutting down: no new connections; finishing messages in flight")

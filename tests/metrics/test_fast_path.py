@@ -1,0 +1,210 @@
+"""The fast path and the reference give the same metrics, sample for sample, for any records.
+
+Two receivers see the same PackedForward messages. The reference decodes
+every entry with msgpack in the connection and counts record by record
+(``MetricsSink(fast=False)``, ``defer_packed=False``); the fast one defers
+the payload, decodes request records into typed structs and counts each
+message column by column. Hypothesis builds the records: canonical request
+logs with every kind of value in every field (ints, floats, NaN, infinities,
+64-bit and larger integers, numeric strings, booleans, nil), the other
+spellings of the same fields, kubernetes maps from a small pool of pods,
+failed requests with only an id and a status, vLLM, TGI and plain log lines,
+and records that are not maps. Label caps small enough to fold, and an expiry
+pass between messages, are drawn too. Both expositions (text and OpenMetrics,
+exemplars included) and the receiver's record counts must be equal.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from qwen_fluent import pipeline
+from qwen_fluent.forward import NEED_DATA, ForwardConnection, Message
+from qwen_fluent.metrics import LLMMetrics, MetricsConfig
+from qwen_fluent.metrics.fast import FastRequests
+from qwen_fluent.pipeline import MetricsSink
+from qwen_fluent.records import Normaliser
+from qwen_fluent.records.typed import OTHER_SPELLINGS
+from qwen_fluent.stats import ReceiverStats
+
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+NOW = 1_750_000_000.0
+
+PODS = [
+    {"namespace_name": "ml", "pod_name": f"vllm-{i}", "container_name": "vllm", "host": "node-1",
+     "labels": {"app": "llm", "model": f"qwen-{i % 2}"}}
+    for i in range(4)
+] + [{"namespace_name": "ml", "pod_name": "odd"}, {"pod_name": 7}, "not-a-map"]
+
+numbers = st.one_of(
+    st.none(),
+    st.integers(min_value=-5, max_value=5000),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(min_value=0, max_value=1e6),
+    st.sampled_from(["12", "1.5e3", "x", "", "-1"]),
+    st.booleans(),
+)
+words = st.one_of(
+    st.none(), st.sampled_from(["success", "error", "ok", "TIMEOUT", "cancelled", "weird", " Failed ", ""]),
+    st.integers(min_value=100, max_value=600), st.booleans(), st.text(max_size=6),
+)
+paths = st.one_of(st.none(), st.sampled_from(["/v1/chat/completions", "/v1/completions?x=1", "", "/a#b"]),
+                  st.text(max_size=8), st.integers(min_value=-(2**63), max_value=2**64 - 1))
+stamps = st.one_of(st.none(), st.sampled_from(["2025-04-05T10:23:45Z", "2025-04-05T10:23:46.5+00:00", "bogus"]),
+                   st.floats(min_value=0, max_value=2e9), st.integers(min_value=0, max_value=2**62))
+
+
+@st.composite
+def request_records(draw: Any) -> dict[Any, Any]:
+    record: dict[Any, Any] = {}
+    for key in ("input_tokens", "output_tokens", "total_time_ms", "queue_time_ms", "inference_time_ms",
+                "gpu_memory_mb"):
+        if draw(st.booleans()):
+            record[key] = draw(numbers)
+    for key, strategy in (("status", words), ("http_status", words), ("status_code", words), ("path", paths),
+                          ("model", st.one_of(st.none(), st.sampled_from(["qwen2.5-7b", "", " lora "]))),
+                          ("method", st.one_of(st.none(), st.sampled_from(["POST", "get", "BREW", ""]))),
+                          ("error", st.one_of(st.none(), st.sampled_from(["", "boom"]), st.booleans(),
+                                              st.just({"type": "oom"}))),
+                          ("error_type", st.one_of(st.none(), st.sampled_from(["", "oom"]))),
+                          ("timestamp", stamps)):
+        if draw(st.integers(min_value=0, max_value=2)) == 0:
+            record[key] = draw(strategy)
+    if draw(st.integers(min_value=0, max_value=3)) == 0:
+        record["request_id"] = draw(st.one_of(st.sampled_from(["req-1", "req-2", "  ", ""]), st.text(max_size=5),
+                                               st.integers(min_value=-(2**63), max_value=2**64 - 1),
+                                               st.binary(max_size=3)))
+    else:
+        record["request_id"] = f"req-{draw(st.integers(min_value=0, max_value=50))}"
+    if draw(st.integers(min_value=0, max_value=6)) == 0:
+        record[draw(st.sampled_from(OTHER_SPELLINGS))] = draw(numbers)
+    if draw(st.integers(min_value=0, max_value=4)):
+        record["kubernetes"] = draw(st.sampled_from(PODS))
+    record["log"] = "ignored"
+    return record
+
+
+other_records = st.one_of(
+    st.builds(lambda line, pod: {"log": line, "kubernetes": pod}, st.sampled_from([
+        "INFO 04-05 10:23:47 [loggers.py:116] Engine 000: Avg prompt throughput: 1.0 tokens/s, Running: 1 reqs, "
+        "GPU KV cache usage: 9.9%, Prefix cache hit rate: 10.0%",
+        'INFO generate{total_time="1.2s" inference_time="1s" time_per_token="5ms"}: router: Success',
+        "WARNING something slow", "plain text", '{"input_tokens": 12, "total_time_ms": 40}']),
+        st.sampled_from(PODS)),
+    st.just({}),
+    st.just({"level": "error"}),
+    st.just({"system_prompt": "be brief"}),
+)
+records = st.one_of(request_records(), request_records(), request_records(), other_records)
+entries = st.lists(st.one_of(records, records, records, st.just("not a map")), min_size=0, max_size=12)
+
+configs = st.sampled_from([
+    MetricsConfig(),
+    MetricsConfig(label_limits={"pod": 2, "path": 2}, max_series=6),
+    MetricsConfig(labels=("status", "model"), histogram_labels=("model",), max_series=3, exemplars=True),
+    MetricsConfig(labels=("path", "pod"), histogram_labels=("path", "pod"), pod_labels={"app": "app"},
+                  zero_fill_statuses=False),
+    MetricsConfig(family_labels={"request_queue_duration_seconds": ("status", "pod"),
+                                 "request_duration_seconds": ("status", "path", "model", "namespace", "pod",
+                                                              "container")},
+                  label_limits={"pod": 3}, max_series=5),
+])
+
+
+def packed(tag: str, batch: list[Any], n: int) -> bytes:
+    payload = b"".join(
+        msgpack.packb([msgpack.ExtType(0, struct.pack(">II", 1_700_000_000, i)), record])
+        for i, record in enumerate(batch))
+    return msgpack.packb([tag, payload, {"chunk": f"c{n}", "size": len(batch)}], use_bin_type=True)
+
+
+class Receiver:
+    def __init__(self, config: MetricsConfig, fast: bool) -> None:
+        self.stats = ReceiverStats()
+        self.metrics = LLMMetrics(config)
+        self.sink = MetricsSink(Normaliser(), self.metrics, self.stats, fast=fast)
+        self.fast = fast
+
+    def feed(self, data: bytes) -> None:
+        conn = ForwardConnection(defer_packed=self.fast)
+        conn.receive_data(data)
+        while (event := conn.next_event()) is not NEED_DATA:
+            if isinstance(event, Message):
+                self.sink(event)
+                self.stats.records["invalid"] += sum(event.invalid.values())
+            else:
+                break
+
+    def exposition(self) -> tuple[bytes, bytes, dict[str, int]]:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self.metrics)
+        return generate_latest(registry), generate_openmetrics(registry), dict(self.stats.records)
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records without a timestamp count at the message's receive time: the same in both runs."""
+    monkeypatch.setattr(pipeline.time, "time", lambda: NOW)
+
+
+@SETTINGS
+@given(config=configs, messages=st.lists(st.tuples(entries, st.booleans()), min_size=1, max_size=6))
+def test_fast_and_reference_paths_give_the_same_metrics(config: MetricsConfig,
+                                                         messages: list[tuple[list[Any], bool]]) -> None:
+    ref, fast = Receiver(config, fast=False), Receiver(config, fast=True)
+    clock = NOW
+    for n, (batch, expire_after) in enumerate(messages):
+        # Each message twice: the second time every label set is known, so the columnar pass runs.
+        data = packed("kube.var.log.containers.vllm-0_ml_vllm-" + "a" * 64 + ".log", batch, n) * 2
+        ref.feed(data)
+        fast.feed(data)
+        if expire_after:
+            clock += 1000
+            ref.metrics.expire(clock)
+            fast.metrics.expire(clock)
+    assert fast.exposition() == ref.exposition()
+
+
+def test_the_columnar_pass_runs_once_label_sets_are_known() -> None:
+    """Not only the record-by-record fallback: a repeated message of request logs takes ``apply``."""
+    batch = [{"input_tokens": i, "total_time_ms": 10 * i, "status": "success", "request_id": f"r{i}",
+              "kubernetes": PODS[i % 4]} for i in range(1, 200)]
+    receiver = Receiver(MetricsConfig(), fast=True)
+    calls: list[bool] = []
+    apply = FastRequests.apply
+
+    def spy(self: FastRequests, *args: Any) -> bool:
+        calls.append(apply(self, *args))
+        return calls[-1]
+
+    FastRequests.apply = spy  # type: ignore[method-assign]
+    try:
+        receiver.feed(packed("t", batch, 0) * 3)
+    finally:
+        FastRequests.apply = apply  # type: ignore[method-assign]
+    assert calls == [False, True, True]  # the first admits 4 label sets in order; the next two are columnar
+    assert receiver.stats.records["accepted"] == 3 * len(batch)
+    reference = Receiver(MetricsConfig(), fast=False)
+    reference.feed(packed("t", batch, 0) * 3)
+    assert receiver.exposition() == reference.exposition()
+
+
+def test_a_payload_the_typed_frame_refuses_is_decoded_the_general_way() -> None:
+    """Odd times (a msgpack Timestamp, a bool) and non-map records: the general decoder counts them invalid."""
+    payload = b"".join(msgpack.packb(e, datetime=False) for e in [
+        [msgpack.Timestamp(1, 0), {"input_tokens": 1}], [True, {"input_tokens": 2}], [1, "x"], [1, {"total_time_ms": 5}]])
+    data = msgpack.packb(["t", payload, {"size": 4}], use_bin_type=True)
+    ref, fast = Receiver(MetricsConfig(), fast=False), Receiver(MetricsConfig(), fast=True)
+    ref.feed(data)
+    fast.feed(data)
+    assert fast.exposition() == ref.exposition()
+    assert fast.stats.records["invalid"] == 2 and fast.stats.records["accepted"] == 2
