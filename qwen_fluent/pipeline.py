@@ -144,7 +144,8 @@ class MetricsSink:
             for i in refused:
                 others[i] = self._outcome(self._decode(raws[i]), tag)
             requests = [rec for rec in typed if rec is not None]
-            if not any(type(o) is RequestEvent for o in others.values()) and fast.apply(requests, tag, now):
+            if (not any(type(o) is RequestEvent for o in others.values())
+                    and fast.apply(requests, tag, now, len(others))):
                 # The other records touch only the log, vLLM and prompt families: their order
                 # relative to the requests changes nothing.
                 accepted = len(requests)

@@ -17,8 +17,10 @@ the columnar answer could differ from the record-by-record one, the message
 is not taken here (:meth:`FastRequests.apply` returns ``False`` before
 changing anything) and the caller goes record by record:
 
-- a raw label tuple not seen since the last expiry (a label set may have to
-  be admitted, and admission order matters once a cap is reached);
+- a raw label tuple not seen since the last expiry whose label set may
+  have to be admitted close to a cap (admission order matters once a cap is
+  reached; far from every cap, new label sets are admitted in record order
+  and the message is still counted column by column);
 - a record whose measurements are all unusable (the normaliser would then
   decide on its request id and status alone, or look further). (A numeric
   string never gets here: the typed decoder refuses it.)
@@ -111,17 +113,20 @@ class FastRequests:
 
     # -- a whole message --------------------------------------------------------
 
-    def apply(self, recs: list[Any], tag: Any, now: float) -> bool:
-        """Count every record of ``recs``; ``False`` (nothing changed) where it must go record by record."""
+    def apply(self, recs: list[Any], tag: Any, now: float, others: int = 0) -> bool:
+        """Count every record of ``recs``; ``False`` (nothing changed) where it must go record by record.
+
+        ``others`` is how many records of the message go the general way
+        after these (they may admit log, vLLM or prompt label sets).
+        """
         metrics = self.metrics
         n = len(recs)
         if n == 0:
             return True
         keys = [(r.status, r.http_status, r.status_code, r.http_status_code, bool(r.error) or bool(r.error_type),
                  r.path, r.model, r.method, bytes(r.kubernetes), tag) for r in recs]
-        resolved = list(map(metrics.raw_keys.get, keys))
-        if None in resolved:
-            return False
+        cache = metrics.raw_keys
+        resolved = list(map(cache.get, keys))
 
         # One row of the six measurements per record; None becomes NaN (typed: only ints and floats).
         m = np.array(list(map(_measurements, recs)), dtype=np.float64).reshape(n, 6)
@@ -135,6 +140,8 @@ class FastRequests:
             gpu_ok = (m[:, 5] >= 0) & (gpu <= MAX_GPU_MEMORY_BYTES)
         if not (itok_ok | otok_ok | total_ok | queue_ok | inference_ok | gpu_ok).all():
             return False  # the normaliser decides such a record on its id and status, or looks further
+        if None in resolved and not self._admit(recs, tag, keys, resolved, others):
+            return False
         with np.errstate(invalid="ignore", divide="ignore"):
             tpot_ok = otok_ok & inference_ok & (otok > 0)
             tpot = np.where(tpot_ok, inference / np.where(tpot_ok, otok, 1), 0.0)
@@ -196,6 +203,33 @@ class FastRequests:
         idx = np.flatnonzero(gpu_ok)
         if idx.size:
             self._gpu(rows[idx], gpu[idx], ts_arr[idx])
+        return True
+
+    def _admit(self, recs: list[Any], tag: Any, keys: list[tuple[Any, ...]], resolved: list[Any],
+               others: int) -> bool:
+        """Admit the label sets of raw label tuples not seen yet, in record order, where no cap can
+        make that order matter; fill ``resolved``. ``False`` (nothing admitted): go record by record."""
+        metrics = self.metrics
+        first: dict[tuple[Any, ...], int] = {}
+        for i, hit in enumerate(resolved):
+            if hit is None and keys[i] not in first:
+                first[keys[i]] = i
+        if not metrics.has_room(len(first) + others):
+            return False
+        events = {}
+        for key, i in first.items():
+            event = self.event(recs[i], tag)
+            if event is None:
+                return False
+            events[key] = event
+        cache = metrics.raw_keys
+        if len(cache) + len(events) > MAX_RAW_KEYS:
+            cache.clear()
+        for key, event in events.items():
+            cache[key] = metrics.resolve_request(event)
+        for i, hit in enumerate(resolved):
+            if hit is None:
+                resolved[i] = cache[keys[i]]
         return True
 
     def _exemplars(self, recs: list[Any], series_of: list[RequestSeries], idx: np.ndarray, r: np.ndarray,

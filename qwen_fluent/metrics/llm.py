@@ -123,6 +123,12 @@ class Snapshot(NamedTuple):
     unrecognised: dict[str, int]
     #: Per request group: its series rows and its table (the first is ``requests``/``table``).
     groups: list[tuple[list[tuple[RequestSeries, tuple[str, ...], list[list[Any]]]], RequestTable]] = []
+    #: Records folded per label (label_overflow_total), label sets expired so far.
+    overflow: dict[str, int] = {}
+    expired: int = 0
+    #: Per engine label set, when each gauge value was set; per prompt label set, when its hash was.
+    engine_stamps: list[list[float]] = []
+    prompt_stamps: list[float] = []
 
 
 class LLMMetrics:
@@ -263,9 +269,11 @@ class LLMMetrics:
                 eng = self._admit(self._engines, self._engine_names, self._engine_split, key, EngineSeries)
             eng.touched = self._epoch
             values = eng.values
+            stamp = time.time() if now is None else now
             for i, v in enumerate(outcome[: len(ENGINE_FIELDS)]):
                 if v is not None:
                     values[i] = v
+                    eng.stamps[i] = stamp
         elif type(outcome) is PromptChange:
             key = self._model_key(outcome.model) + self._src_key(outcome.source)
             p = self._prompts.get(key)
@@ -274,6 +282,7 @@ class LLMMetrics:
             p.touched = self._epoch
             p.changes += 1
             p.prompt_hash = outcome.prompt_hash
+            p.stamp = time.time() if now is None else now
         elif type(outcome) is Unrecognised:
             reasons = self.unrecognised
             reason = outcome.reason
@@ -340,6 +349,38 @@ class LLMMetrics:
                 t.gpu_seq[row] = self.reports
         return tuple(series), folds
 
+    def resolve_request(self, outcome: RequestEvent) -> tuple[tuple[RequestSeries, ...], tuple[str, ...]]:
+        """The label set ``outcome`` counts in, per request group, admitting new ones as
+        :meth:`observe_request` would, but counting nothing: the labels its lookups fold are returned
+        for the caller to count with each record (the fast path, after :meth:`has_room`)."""
+        before = dict(self._space.overflow)
+        series = []
+        for group in self.groups:
+            key = group.key(outcome)
+            s = group.store.get(key)
+            if s is None:
+                s = self._admit_request(group, key)
+            series.append(s)
+        overflow = self._space.overflow
+        folds = tuple(name for name, n in overflow.items() if n > before.get(name, 0))
+        for name in folds:
+            overflow[name] = before.get(name, 0)
+        return tuple(series), folds
+
+    def has_room(self, new: int) -> bool:
+        """Whether ``new`` more label sets, in any groups, can be admitted with no cap folding any.
+
+        Then the order in which they are admitted changes nothing (length
+        and type folds do not depend on it), and the fast path may admit a
+        message's new label sets before counting it column by column.
+        """
+        stores = [g.store for g in self.groups] + [self._logs, self._engines, self._prompts]
+        if any(len(store) + new >= self._max_series for store in stores):
+            return False
+        space, config = self._space, self.config
+        names = {n for g in self.groups for n in g.names} | set(self._log_names) | set(self._engine_names)
+        return all(space.live_count(name) + new < config.limit_for(name) for name in names)
+
     # -- the slow path: a label tuple not seen before -------------------------
 
     def _fold(self, store: dict[tuple[Any, ...], Any], names: tuple[str, ...], raw: tuple[Any, ...]) -> tuple[str, ...]:
@@ -405,6 +446,7 @@ class LLMMetrics:
                     latest[s.group] = s.touched
         dead = {g for g, epoch in latest.items() if ends.get(epoch, math.inf) <= cutoff}
         removed = 0
+        gone: set[int] = set()
         if dead:
             for store, names, table in stores:
                 for key, s in list(store.items()):
@@ -413,9 +455,13 @@ class LLMMetrics:
                         self._space.release(names, key)
                         if table is not None:
                             table.release(s.row)
+                            gone.add(id(s))
                         removed += 1
-        # Label sets may have gone and caps freed room: raw tuples are resolved afresh.
-        self.raw_keys.clear()
+        if gone or any(folds for _, folds in self.raw_keys.values()):
+            # A raw tuple whose label set went is resolved afresh, and so is one that folded:
+            # freed room under a cap may now admit it.
+            self.raw_keys = {raw: hit for raw, hit in self.raw_keys.items()
+                             if not hit[1] and not any(id(s) in gone for s in hit[0])}
         # No surviving group's latest epoch ended before the cutoff, so these
         # are no longer needed.
         for epoch in [e for e, end in ends.items() if end <= cutoff]:
@@ -441,10 +487,13 @@ class LLMMetrics:
         with self.lock:
             groups = [([(s, s.key, [list(ex) for ex in s.ex]) for s in g.store.values()], g.table.snapshot())
                       for g in self.groups]
+            engines = list(self._engines.values())
+            prompts = list(self._prompts.values())
             return Snapshot(groups[0][0], [(s.key, s.count) for s in self._logs.values()],
-                            [(s.key, list(s.values)) for s in self._engines.values()],
-                            [(s.key, s.changes, s.prompt_hash) for s in self._prompts.values()],
-                            groups[0][1], dict(self.unrecognised), groups)
+                            [(s.key, list(s.values)) for s in engines],
+                            [(s.key, s.changes, s.prompt_hash) for s in prompts],
+                            groups[0][1], dict(self.unrecognised), groups, dict(self._space.overflow),
+                            self.expired, [list(s.stamps) for s in engines], [s.stamp for s in prompts])
 
     def expose(self, writer: Writer) -> None:
         """Write every family straight into ``writer`` (:mod:`.exposition`), as :meth:`collect` describes them.
@@ -454,7 +503,10 @@ class LLMMetrics:
         formats numbers. The output is what prometheus-client writes for
         :meth:`collect`'s families (``tests/metrics/test_exposition.py``).
         """
-        snap = self.snapshot()
+        self.expose_snapshot(writer, self.snapshot())
+
+    def expose_snapshot(self, writer: Writer, snap: Snapshot) -> None:
+        """:meth:`expose` of a given snapshot (one of this receiver's, or several workers' merged)."""
         ns = self._ns
         rows_of = []
         for group, (series, _) in zip(self.groups, snap.groups):
@@ -539,6 +591,10 @@ class LLMMetrics:
                 seen.setdefault(key[:at] + key[at + 1:], set()).add(key[at])
         return [rest[:at] + (status,) + rest[at:]
                 for rest, statuses in seen.items() for status in STATUSES if status not in statuses]
+
+    def families(self, snap: Snapshot) -> Iterator[Metric]:
+        """The prometheus-client families of a given snapshot (:meth:`collect` takes a fresh one)."""
+        return self._families(snap)
 
     def _families(self, snap: Snapshot) -> Iterator[Metric]:
         ns = self._ns
@@ -625,13 +681,13 @@ class LLMMetrics:
                                   "(max_series: the whole label set, the family group being full).",
                                   labels=("label",))
         counts = dict.fromkeys([n for g in self.groups for n in g.names] + ["level", "engine", MAX_SERIES], 0)
-        counts.update(self._space.overflow)
+        counts.update(snap.overflow)
         for label, n in counts.items():
             fam.add_metric((label,), n)
         yield fam
         yield CounterMetricFamily("qwen_fluent_series_expired_total",
                                   "Label sets removed because their pod sent nothing for series_idle_seconds.",
-                                  value=self.expired)
+                                  value=snap.expired)
         fam = CounterMetricFamily("qwen_fluent_unrecognised_records_total",
                                   "Records the normaliser could not classify, by reason.", labels=("reason",))
         for reason, n in snap.unrecognised.items():

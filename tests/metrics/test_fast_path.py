@@ -174,11 +174,8 @@ def test_fast_and_reference_paths_give_the_same_metrics(config: MetricsConfig,
     assert fast.exposition() == ref.exposition()
 
 
-def test_the_columnar_pass_runs_once_label_sets_are_known() -> None:
-    """Not only the record-by-record fallback: a repeated message of request logs takes ``apply``."""
-    batch = [{"input_tokens": i, "total_time_ms": 10 * i, "status": "success", "request_id": f"r{i}",
-              "kubernetes": PODS[i % 4]} for i in range(1, 200)]
-    receiver = Receiver(MetricsConfig(), fast=True)
+def _apply_calls(config: MetricsConfig, data: bytes) -> tuple[list[bool], Receiver]:
+    receiver = Receiver(config, fast=True)
     calls: list[bool] = []
     apply = FastRequests.apply
 
@@ -188,13 +185,27 @@ def test_the_columnar_pass_runs_once_label_sets_are_known() -> None:
 
     FastRequests.apply = spy  # type: ignore[method-assign]
     try:
-        receiver.feed(packed("t", batch, 0) * 3)
+        receiver.feed(data)
     finally:
         FastRequests.apply = apply  # type: ignore[method-assign]
-    assert calls == [False, True, True]  # the first admits 4 label sets in order; the next two are columnar
+    return calls, receiver
+
+
+@pytest.mark.parametrize("config,calls", [
+    # Far from every cap: the 4 new label sets are admitted in record order, the message counted by columns.
+    (MetricsConfig(), [True, True, True]),
+    # At the pod cap, admission order matters: the first message goes record by record, the rest by columns.
+    (MetricsConfig(label_limits={"pod": 4}), [False, True, True]),
+], ids=["far-from-caps", "at-the-pod-cap"])
+def test_messages_of_request_logs_are_counted_column_by_column(config: MetricsConfig, calls: list[bool]) -> None:
+    batch = [{"input_tokens": i, "total_time_ms": 10 * i, "status": "success", "request_id": f"r{i}",
+              "kubernetes": PODS[i % 4]} for i in range(1, 200)]
+    data = packed("t", batch, 0) * 3
+    seen, receiver = _apply_calls(config, data)
+    assert seen == calls
     assert receiver.stats.records["accepted"] == 3 * len(batch)
-    reference = Receiver(MetricsConfig(), fast=False)
-    reference.feed(packed("t", batch, 0) * 3)
+    reference = Receiver(config, fast=False)
+    reference.feed(data)
     assert receiver.exposition() == reference.exposition()
 
 
