@@ -102,21 +102,53 @@ def machine() -> str:
             f"{platform.release()}")
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (serve --workers N runs N worker processes under the parent)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    tree, todo = [pid], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, parent in parents.items() if parent == p]
+        tree += kids
+        todo += kids
+    return tree
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # After the command name: state is field 3, utime 14, stime 15 (1-based).
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """utime + stime of a process and its descendants (all their threads), from /proc/<pid>/stat."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command name: state is field 3, utime 14, stime 15 (1-based).
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
 
 
 def peak_rss(pid: int) -> int:
-    """VmHWM of a process, in bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise BenchError(f"no VmHWM for pid {pid}")
+    """VmHWM of a process plus its descendants', in bytes (an upper bound of their peak together)."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    if not total:
+        raise BenchError(f"no VmHWM for pid {pid}")
+    return total
 
 
 def free_port() -> int:
@@ -242,10 +274,11 @@ def server_counts(port: int) -> tuple[int, int]:
     return accepted, requests
 
 
-def serve_intake(stream: workload.Stream, window: int, connections: int, scrape: bool) -> Intake:
+def serve_intake(stream: workload.Stream, window: int, connections: int, scrape: bool, workers: int = 1) -> Intake:
     forward_port, metrics_port = free_port(), free_port()
     command = serve_command() + ["serve", "--host", "127.0.0.1", "--port", str(forward_port),
-                                 "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port), "--no-gpu"]
+                                 "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port), "--no-gpu",
+                                 "--workers", str(workers)]
     with tempfile.TemporaryFile() as log_file:
         def log() -> str:
             log_file.seek(0)
@@ -280,7 +313,10 @@ def serve_intake(stream: workload.Stream, window: int, connections: int, scrape:
             counted = {"messages acked": (acked, len(stream.messages)),
                        'qwen_fluent_records_total{outcome="accepted"}': (accepted, stream.records),
                        "sum(qwen_requests_total)": (requests, stream.records)}
-            return Intake(f"qwen-fluent {stream.name}" + (" + scrapes" if scrape else ""), stream.records,
+            name = f"qwen-fluent {stream.name}" + (" + scrapes" if scrape else "")
+            if workers > 1:
+                name += f" --workers {workers}, {connections} connections"
+            return Intake(name, stream.records,
                           seconds, cpu1 - cpu0, peak_rss(proc.pid), counted,
                           scraper.latencies if scraper else [], scraper.errors if scraper else [])
         finally:
@@ -410,6 +446,9 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=4, help="unacknowledged messages per connection")
     parser.add_argument("--connections", type=int, default=1, help="client connections (messages round-robin)")
     parser.add_argument("--label-sets", type=int, default=2000, help="request label sets for the render case")
+    parser.add_argument("--workers", default="1,2",
+                        help="worker counts for the scaling section, comma-separated (each run with at least "
+                             "2 connections per worker; default 1,2 for this 2-core machine: 1,2,4,8 on 16 cores)")
     parser.add_argument("--repeat", type=int, default=2,
                         help="runs of every case (fresh processes each time, cases interleaved); the fastest "
                              "is reported, every run's counts are checked (default 2)")
@@ -446,6 +485,10 @@ def main() -> int:
            for key in (gzip_key, (workload.FLAT, workload.PACKED), (workload.FLAT, workload.COMPRESSED))},
         "exporter": lambda: exporter_intake(work.json_lines, args.records),
     }
+    scaling = [int(n) for n in args.workers.split(",") if n.strip()]
+    for n in scaling:
+        cases[("workers", n)] = (lambda n=n: serve_intake(work.streams[main_key], args.window,
+                                                          max(args.connections, 2 * n), scrape=False, workers=n))
     try:
         ceilings = {key: decode_ceiling(s, runs) for key, s in work.streams.items()}
         # Round after round, every case once per round: a noisy minute on the shared machine then
@@ -456,6 +499,7 @@ def main() -> int:
                 measured[key].append(case())
         intakes = {key: fastest(results) for key, results in measured.items()}
         exporter = intakes.pop("exporter")
+        scaled = {n: intakes.pop(("workers", n)) for n in scaling}
         # Every scrape of every scraped run: more samples for the percentiles.
         intakes["scraped"].scrapes = [x for r in measured["scraped"] for x in r.scrapes]
         intakes["scraped"].scrape_errors = [x for r in measured["scraped"] for x in r.scrape_errors]
@@ -488,6 +532,15 @@ def main() -> int:
         counts_ok &= ok
         got = ", ".join(f"{k} {g:,}" + ("" if g == e else f" (expected {e:,})") for k, (g, e) in run.counted.items())
         print(f"  counts {'ok' if ok else 'WRONG'}: {run.name}: sent {run.records:,} records; {got}")
+
+    if scaled:
+        print(f"\nworkers (serve --workers N, kubernetes/PackedForward, fastest of {runs}; CPU and RSS of the "
+              f"parent and its workers together; {os.cpu_count()} cores here)")
+        base = scaled[min(scaled)]
+        for n, run in scaled.items():
+            counts_ok &= run.counts_ok
+            print(f"  --workers {n:<3} {run.rate:10,.0f} rec/s  x{run.rate / base.rate:4.2f}   CPU {run.cpu_us:5.2f} us/rec"
+                  f"   peak RSS {mib(run.peak_rss):>10}   counts {'ok' if run.counts_ok else 'WRONG'}")
 
     main_run, scraped = intakes["main"], intakes["scraped"]
     lat = scraped.scrapes

@@ -7,6 +7,7 @@ neighbours' types. :func:`run` is what ``qwen-fluent serve`` calls.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
@@ -58,7 +59,9 @@ def _fan_out(sinks: list[Callable[[Message], None]]) -> Callable[[Message], None
 class Receiver:
     """The running receiver; :meth:`start` and :meth:`stop` bracket its life."""
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, *, worker: bool = False) -> None:
+        """``worker``: one of ``serve --workers N``: no /metrics and no GPU of its own (the parent
+        serves both), and the Forward port shared with the other workers (SO_REUSEPORT)."""
         from .metrics import LLMMetrics, ReceiverCollector
         from .metrics.exposition import Registry
         from .pipeline import MetricsSink
@@ -78,13 +81,15 @@ class Receiver:
         if config.stdout:
             sinks.append(StdoutSink())
         self.gpu = None
-        if config.gpu is not None and config.gpu.enabled:
+        if config.gpu is not None and config.gpu.enabled and not worker:
             self.gpu = config.gpu.collector(config.metrics.namespace)
             self.registry.register(self.gpu)
         # The metrics sink decodes packed payloads on its typed fast path; the
         # stdout sink needs every record decoded, so with it the connection decodes.
-        self.forward = ForwardServer(config.server, _fan_out(sinks), self.stats, defer_packed=not config.stdout)
-        self.http = MetricsHTTPServer(config.http.host, config.http.port, self.registry, ready=self.ready)
+        server = dataclasses.replace(config.server, reuse_port=True) if worker else config.server
+        self.forward = ForwardServer(server, _fan_out(sinks), self.stats, defer_packed=not config.stdout)
+        self.http = None if worker else MetricsHTTPServer(config.http.host, config.http.port, self.registry,
+                                                          ready=self.ready)
         self._expiry: asyncio.Task[None] | None = None
 
     def ready(self) -> bool:
@@ -95,12 +100,14 @@ class Receiver:
         if self.gpu is not None:
             # nvmlInit can block for seconds on a busy node: keep it off the event loop.
             await asyncio.to_thread(self.gpu.start)
-        self.http.start()
-        log.info("serving /metrics on http://%s:%d", self.config.http.host, self.http.port)
+        if self.http is not None:
+            self.http.start()
+            log.info("serving /metrics on http://%s:%d", self.config.http.host, self.http.port)
         try:
             await self.forward.start()
         except BaseException:
-            self.http.stop()
+            if self.http is not None:
+                self.http.stop()
             if self.gpu is not None:
                 self.gpu.close()
             raise
@@ -118,7 +125,8 @@ class Receiver:
         if self._expiry is not None:
             self._expiry.cancel()
         await self.forward.stop()
-        self.http.stop()
+        if self.http is not None:
+            self.http.stop()
         if self.gpu is not None:
             self.gpu.close()
         log.info("stopped")

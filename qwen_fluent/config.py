@@ -67,6 +67,9 @@ class ServerSection:
     tls_key: str = ""
     tls_client_ca: str = ""
     shutdown_grace: float = 10.0
+    #: Receiver processes sharing the Forward port (SO_REUSEPORT), merged on
+    #: one /metrics. 1: one process, no merge. One per core is the useful most.
+    workers: int = 1
 
 
 @dataclasses.dataclass
@@ -84,6 +87,8 @@ class AppConfig:
     http: HTTPConfig
     log_level: str = "info"
     stdout: bool = False
+    #: ``serve --workers N`` (see :mod:`qwen_fluent.workers`).
+    workers: int = 1
     #: Sections owned by the metrics, records and GPU packages, as their own dataclasses.
     metrics: Any = None
     records: Any = None
@@ -122,6 +127,7 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "metrics_port": ("http", "port"),
     "namespace": ("metrics", "namespace"),
     "log_level": ("log", "level"),
+    "workers": ("server", "workers"),
 }
 
 ENV_PREFIX = "QWEN_FLUENT_"
@@ -267,6 +273,10 @@ def load(
         limits=sections["limits"],
         shutdown_grace=srv.shutdown_grace,
     )
+    if not (1 <= srv.workers <= 256):
+        raise ConfigError(f"[server] workers must be 1..256, got {srv.workers}")
+    if srv.workers > 1 and stdout:
+        raise ConfigError("--stdout prints from one process; it cannot be used with [server] workers > 1")
     level = sections["log"].level.lower()
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"[log] level must be debug, info, warning or error, got {level!r}")
@@ -275,6 +285,7 @@ def load(
         http=http,
         log_level=level,
         stdout=stdout,
+        workers=srv.workers,
         metrics=sections["metrics"],
         records=sections["records"],
         gpu=sections["gpu"],

@@ -51,3 +51,19 @@ class ReceiverStats:
         self.acks = 0
         self.auth_failures: Counter[str] = Counter()  # by reason
         self.heartbeats = 0
+
+    def add(self, other: ReceiverStats) -> None:
+        """Add ``other``'s counts to these (``serve --workers``: one view of every worker's counters)."""
+        for name in self.__slots__:
+            mine = getattr(self, name)
+            if isinstance(mine, Counter):
+                mine.update(getattr(other, name))
+            else:
+                setattr(self, name, mine + getattr(other, name))
+
+    def __getstate__(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)

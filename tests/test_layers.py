@@ -15,6 +15,7 @@ what it may import besides itself):
     pipeline, stdout                     the bottom floor + metrics
     config (the app config)              the bottom floor + metrics + ServerConfig from server
     app                                  anything but cli and __main__
+    workers (serve --workers N)          anything but cli and __main__: the app, run N times and merged
     cli, __main__                        anything
 
 Nothing under ``qwen_fluent/`` imports ``tests`` (test doubles live there),
@@ -39,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 INIT = "__init__"
 
 BOTTOM = frozenset({"forward", "records", "gpu", "stats"})
-EVERYTHING = frozenset({INIT, *BOTTOM, "metrics", "server", "pipeline", "stdout", "config", "app", "cli", "__main__"})
+EVERYTHING = frozenset({INIT, *BOTTOM, "metrics", "server", "pipeline", "stdout", "config", "app", "workers", "cli",
+                        "__main__"})
 
 #: Importing part -> the parts it may import (besides itself). Mirrors the module docstring.
 ALLOWED: dict[str, frozenset[str]] = {
@@ -50,7 +52,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "pipeline": BOTTOM | {INIT, "metrics"},
     "stdout": BOTTOM | {INIT, "metrics"},
     "config": BOTTOM | {INIT, "metrics"},
-    "app": EVERYTHING - {"cli", "__main__"},
+    "app": EVERYTHING - {"cli", "__main__", "workers"},
+    "workers": EVERYTHING - {"cli", "__main__"},
     "cli": EVERYTHING,
     "__main__": EVERYTHING,
 }

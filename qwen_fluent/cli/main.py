@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--metrics-port", type=int, metavar="PORT", help="port for /metrics (default 8000)")
     m.add_argument("--namespace", help="metric name prefix (default qwen)")
     m.add_argument("--no-gpu", action="store_true", help="do not read GPUs through NVML")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="receiver processes sharing the Forward port, one /metrics for all (default 1)")
     serve.add_argument("--stdout", action="store_true", help="also print every record as a JSON line")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
 
@@ -87,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     flags = {key: getattr(args, key, None) for key in (
         "host", "port", "unix_socket", "tls_cert", "tls_key", "tls_client_ca", "shared_key",
-        "self_hostname", "metrics_host", "metrics_port", "namespace", "log_level",
+        "self_hostname", "metrics_host", "metrics_port", "namespace", "log_level", "workers",
     )}
     try:
         config = load(args.config, flags, stdout=args.stdout)
@@ -101,6 +103,13 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if config.workers > 1:
+            from ..workers import WorkerError, run_workers
+
+            try:
+                return run_workers(config)
+            except WorkerError as exc:
+                return _fail(str(exc))
         return asyncio.run(run(config))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:

@@ -76,19 +76,21 @@ class EngineSeries:
     prefix-cache rates only when prefix caching is on).
     """
 
-    __slots__ = ("key", "group", "touched", "values")
+    __slots__ = ("key", "group", "touched", "values", "stamps")
 
     def __init__(self, key: tuple[str, ...], group: tuple[str, ...], touched: int) -> None:
         self.key = key
         self.group = group
         self.touched = touched
         self.values: list[float | None] = [None] * len(ENGINE_FIELDS)
+        #: When each value was last set (receive time): the newest wins when workers merge.
+        self.stamps: list[float] = [0.0] * len(ENGINE_FIELDS)
 
 
 class PromptSeries:
     """One label set of the system-prompt families: changes so far and the current hash."""
 
-    __slots__ = ("key", "group", "touched", "changes", "prompt_hash")
+    __slots__ = ("key", "group", "touched", "changes", "prompt_hash", "stamp")
 
     def __init__(self, key: tuple[str, ...], group: tuple[str, ...], touched: int) -> None:
         self.key = key
@@ -96,3 +98,5 @@ class PromptSeries:
         self.touched = touched
         self.changes = 0
         self.prompt_hash = ""
+        #: When the hash was last set (receive time): the newest wins when workers merge.
+        self.stamp = 0.0

@@ -71,6 +71,9 @@ class ServerConfig:
     #: a slow peer finishing a large chunk, and stays well inside Kubernetes'
     #: default 30 s termination grace period.
     shutdown_grace: float = 10.0
+    #: Let other processes listen on the same port (SO_REUSEPORT): the kernel
+    #: spreads new connections over them. ``serve --workers N`` sets it.
+    reuse_port: bool = False
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server TLS context, or ``None`` for plain TCP. Raises ``OSError``/``ssl.SSLError`` on bad files."""
@@ -308,9 +311,10 @@ class ForwardServer:
                         self.config.port,
                         ssl=context,
                         reuse_address=True,
+                        reuse_port=self.config.reuse_port or None,
                     )
                 )
-            if self.config.unix_socket:
+            if self.config.unix_socket and not self.config.reuse_port:  # one worker would take the path from another
                 path = self.config.unix_socket
                 if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
                     os.unlink(path)  # a stale socket from a previous run

@@ -52,7 +52,7 @@ def test_check_config(tmp_path):
     fail = subprocess.run(QWEN + ["check-config", str(bad)], capture_output=True, text=True)
     assert fail.returncode == 2
     assert fail.stderr.strip().splitlines() == ["qwen-fluent: error: unknown key 'potr' in [server] "
-                                                "(known: host, port, shutdown_grace, tls_cert, tls_client_ca, tls_key, unix_socket)"]
+                                                "(known: host, port, shutdown_grace, tls_cert, tls_client_ca, tls_key, unix_socket, workers)"]
 
 
 def test_port_in_use_is_one_line():
