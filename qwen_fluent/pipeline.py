@@ -14,11 +14,14 @@ sink decodes, the sink counts its invalid entries.
 Two paths, one result. A message whose entries the connection decoded (the
 Message and Forward modes, or any mode when the server does not defer) goes
 record by record through the general normaliser and ``observe``: the
-reference. A PackedForward payload the connection deferred is split into raw
-records (:func:`~qwen_fluent.forward.split_packed`); request records decode
-straight into typed structs (:mod:`qwen_fluent.records.typed`) and the whole
-message is counted column by column (:mod:`qwen_fluent.metrics.fast`); the
-records the typed decoder refuses are decoded and normalised the general way.
+reference. A PackedForward payload the connection deferred is decoded in one
+typed pass when every record is a request log
+(:func:`~qwen_fluent.forward.split_packed` with
+:data:`~qwen_fluent.records.typed.RequestRecord`), else split into raw records
+of which the request logs decode into typed structs
+(:mod:`qwen_fluent.records.typed`); the message is counted column by column
+(:mod:`qwen_fluent.metrics.fast`), and the records the typed decoder refuses
+are decoded and normalised the general way.
 Where the columnar order could change a result, the message goes record by
 record instead. ``tests/metrics/test_fast_path.py`` checks that both paths
 give the same samples.
@@ -38,7 +41,7 @@ from .metrics.fast import FastRequests
 from .records import Normaliser
 from .records.events import NO_SOURCE, Outcome, RequestEvent, Unrecognised
 from .records.reasons import INTERNAL_ERROR
-from .records.typed import decode_requests
+from .records.typed import RequestRecord, decode_requests
 from .stats import ReceiverStats
 
 log = logging.getLogger(__name__)
@@ -120,41 +123,46 @@ class MetricsSink:
 
     def _packed(self, message: Message, now: float) -> None:
         fast = self._fast
-        raws = None
-        if fast is not None:
-            raws = split_packed(message.payload or b"", message.options.get("size"), self._limits.max_array_len)
+        if fast is None:
+            self._general(message, now)
+            return
+        payload, size, most = message.payload or b"", message.options.get("size"), self._limits.max_array_len
+        tag = message.tag
+        # The common case, a message of request logs only: one typed pass over the whole payload.
+        whole = split_packed(payload, size, most, RequestRecord)
+        if whole is not None and fast.apply(whole, tag, now):
+            self._tally(len(whole), 0)
+            return
+        raws = split_packed(payload, size, most)
         if raws is None:
             self._general(message, now)
             return
-        assert fast is not None
-        tag = message.tag
+        if whole is not None:  # all typed, but the columns refused it
+            self._ordered(raws, whole, {}, tag, now)
+            return
+        # Some records are not request logs: those the typed decoder refuses are decoded and
+        # normalised the general way. Everything that can raise runs before anything is counted.
         typed = decode_requests(raws)
-        others: dict[int, Outcome] = {}
-        if None not in typed:
-            if fast.apply(typed, tag, now):
-                self._tally(len(typed), 0)
-                return
-        else:
-            # Records the typed decoder refused, decoded and normalised the general way.
-            # Everything that can raise runs before anything is counted.
-            refused = [i for i, rec in enumerate(typed) if rec is None]
-            if not all(is_map(raws[i]) for i in refused):  # an invalid entry: the general decoder counts it
-                self._general(message, now)
-                return
-            for i in refused:
-                others[i] = self._outcome(self._decode(raws[i]), tag)
-            requests = [rec for rec in typed if rec is not None]
-            if (not any(type(o) is RequestEvent for o in others.values())
-                    and fast.apply(requests, tag, now, len(others))):
-                # The other records touch only the log, vLLM and prompt families: their order
-                # relative to the requests changes nothing.
-                accepted = len(requests)
-                for outcome in others.values():
-                    accepted += self._count(outcome, now)
-                self._tally(accepted, len(typed) - accepted)
-                return
+        refused = [i for i, rec in enumerate(typed) if rec is None]
+        if not all(is_map(raws[i]) for i in refused):  # an invalid entry: the general decoder counts it
+            self._general(message, now)
+            return
+        others = {i: self._outcome(self._decode(raws[i]), tag) for i in refused}
+        requests = [rec for rec in typed if rec is not None]
+        if not any(type(o) is RequestEvent for o in others.values()) and fast.apply(requests, tag, now, len(others)):
+            # The other records touch only the log, vLLM and prompt families: their order
+            # relative to the requests changes nothing.
+            accepted = len(requests)
+            for outcome in others.values():
+                accepted += self._count(outcome, now)
+            self._tally(accepted, len(typed) - accepted)
+            return
+        self._ordered(raws, typed, others, tag, now)
 
-        # Record by record, in order: new label sets are admitted as the reference admits them.
+    def _ordered(self, raws: list[Any], typed: list[Any], others: dict[int, Outcome], tag: Any, now: float) -> None:
+        """Record by record, in order: new label sets are admitted as the reference admits them."""
+        fast = self._fast
+        assert fast is not None
         events: list[Any] = []
         for i, rec in enumerate(typed):
             event = None

@@ -24,7 +24,8 @@ them here; the payload's own size bounds what this path holds.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from operator import attrgetter
+from typing import Any, Union
 
 import msgpack
 import msgspec
@@ -32,18 +33,24 @@ import msgspec
 from .decode import translate_msgpack_error, unpacker_options
 from .limits import Limits
 
-_BAD_TIME = object()
-
-
-def _ext_time(code: int, data: memoryview) -> Any:
-    """An EventTime (ext 0, 8 bytes) is a time: any float will do, the metrics do not read it."""
-    return 0.0 if code == 0 and len(data) == 8 else _BAD_TIME
-
-
-_entries = msgspec.msgpack.Decoder(list[tuple[Any, msgspec.Raw]], ext_hook=_ext_time)
+_Ext = msgspec.msgpack.Ext
+#: A plain time: int or float seconds, or an ext (kept only if it is EventTime: type 0, 8 bytes).
+_Time = Union[int, float, _Ext]
+#: An entry's time: a plain time, or Fluent Bit's [time, {metadata}] pair.
+_EntryTime = Union[int, float, _Ext, tuple[_Time, dict[Any, Any]]]
+_code, _data = attrgetter("code"), attrgetter("data")
 _ARRAY32 = struct.Struct(">BI")
 #: First bytes of a msgpack map: fixmap, map16, map32.
 _MAP_HEADS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+#: One decoder per record type asked for (msgspec.Raw, and the consumer's typed record).
+_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def _decoder(record_type: Any) -> msgspec.msgpack.Decoder[Any]:
+    decoder = _decoders.get(record_type)
+    if decoder is None:
+        decoder = _decoders[record_type] = msgspec.msgpack.Decoder(list[tuple[_EntryTime, record_type]])
+    return decoder
 
 
 def _count(payload: bytes) -> int:
@@ -59,16 +66,35 @@ def _count(payload: bytes) -> int:
         return n
 
 
-def _plain_time(t: Any) -> bool:
-    return type(t) is int or type(t) is float  # bool is neither
+def _times_are_plain(items: list[tuple[Any, Any]]) -> bool:
+    """Every time an int, a float or an EventTime, alone or as the first of Fluent Bit's pair.
 
-
-def split_packed(payload: bytes, size: Any, max_entries: int) -> list[msgspec.Raw] | None:
-    """The records of ``payload`` as raw msgpack maps, in order; ``None`` to decode it the reference way.
-
-    ``size`` is the message's ``size`` option (Fluent Bit sends the entry
-    count there); when it is missing or wrong the entries are counted first.
+    Ints and floats are most; EventTimes are checked together (one set of
+    (type, length)), the rare pairs one by one.
     """
+    exts = [t for t, _ in items if type(t) is _Ext]
+    if exts and (set(map(_code, exts)) != {0} or set(map(len, map(_data, exts))) != {8}):
+        return False
+    for t, _ in items:
+        if type(t) is tuple:
+            inner = t[0]
+            if type(inner) is _Ext and (inner.code != 0 or len(inner.data) != 8):
+                return False
+    return True
+
+
+def split_packed(payload: bytes, size: Any, max_entries: int, record_type: Any = msgspec.Raw) -> list[Any] | None:
+    """The records of ``payload`` in order, decoded as ``record_type``; ``None`` to decode it the reference way.
+
+    With the default ``msgspec.Raw`` each record is a view of its bytes and
+    any map (or other value) passes; with a typed record (a msgspec Struct)
+    the whole payload is decoded in one pass, and a single record that does
+    not fit the type makes it ``None`` (the caller then splits into Raw
+    records). ``size`` is the message's ``size`` option (Fluent Bit sends the
+    entry count there); when it is missing the entries are counted first, and
+    when it is wrong a Raw split counts and tries again.
+    """
+    decoder = _decoder(record_type)
     count = size if type(size) is int and 0 < size <= max_entries else None
     for attempt in (0, 1):
         if count is None:
@@ -76,20 +102,17 @@ def split_packed(payload: bytes, size: Any, max_entries: int) -> list[msgspec.Ra
             if count > max_entries:
                 return None
         try:
-            items = _entries.decode(_ARRAY32.pack(0xDD, count) + payload)
+            items = decoder.decode(_ARRAY32.pack(0xDD, count) + payload)
             break
         except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-            if attempt:
+            if attempt or record_type is not msgspec.Raw:
                 return None
-            count = None  # a wrong size option, or an entry the typed frame refuses: count and try once more
+            count = None  # a wrong size option, or an entry the frame refuses: count and try once more
     else:  # pragma: no cover - the loop always breaks or returns
         return None
-    # Ints and floats are plain times; look closer only at the rest (EventTime, Fluent Bit's pair).
-    for t in [t for t, _ in items if type(t) is not int and type(t) is not float]:
-        # Fluent Bit's [time, {metadata}] form, else not a time the fast path takes.
-        if not (type(t) is list and len(t) == 2 and _plain_time(t[0]) and type(t[1]) is dict):
-            return None
-    return [raw for _, raw in items]
+    if not _times_are_plain(items):
+        return None
+    return [record for _, record in items]
 
 
 def is_map(raw: Any) -> bool:

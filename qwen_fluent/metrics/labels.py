@@ -93,6 +93,11 @@ class LabelSpace:
             else:
                 live.pop(value, None)
 
+    def is_live(self, name: str, value: object) -> bool:
+        """Whether ``value`` of ``name`` is held by some series now."""
+        live = self._live.get(name)
+        return live is not None and value in live
+
     def live_count(self, name: str) -> int:
         """How many distinct values of ``name`` are alive now."""
         return len(self._live.get(name, ()))

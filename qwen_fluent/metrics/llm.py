@@ -367,19 +367,27 @@ class LLMMetrics:
             overflow[name] = before.get(name, 0)
         return tuple(series), folds
 
-    def has_room(self, new: int) -> bool:
-        """Whether ``new`` more label sets, in any groups, can be admitted with no cap folding any.
+    def has_room(self, events: list[RequestEvent], others: int = 0) -> bool:
+        """Whether the label sets of ``events`` can be admitted, in any order, with no cap folding any,
+        even if ``others`` more records (of any family) each bring a new label set with new values.
 
         Then the order in which they are admitted changes nothing (length
         and type folds do not depend on it), and the fast path may admit a
         message's new label sets before counting it column by column.
         """
         stores = [g.store for g in self.groups] + [self._logs, self._engines, self._prompts]
-        if any(len(store) + new >= self._max_series for store in stores):
+        if any(len(store) + len(events) + others >= self._max_series for store in stores):
             return False
         space, config = self._space, self.config
+        new: dict[str, set[Any]] = {}
+        for group in self.groups:
+            for event in events:
+                for name, value in zip(group.names, group.key(event)):
+                    if not space.is_live(name, value):
+                        new.setdefault(name, set()).add(value)
         names = {n for g in self.groups for n in g.names} | set(self._log_names) | set(self._engine_names)
-        return all(space.live_count(name) + new < config.limit_for(name) for name in names)
+        return all(space.live_count(name) + len(new.get(name, ())) + others < config.limit_for(name)
+                   for name in names)
 
     # -- the slow path: a label tuple not seen before -------------------------
 
