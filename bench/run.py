@@ -43,6 +43,7 @@ import math
 import multiprocessing
 import os
 import platform
+import shlex
 import shutil
 import socket
 import subprocess
@@ -170,6 +171,11 @@ def http_get(port: int, path: str, headers: dict[str, str] | None = None, timeou
 
 
 def serve_command() -> list[str]:
+    """The installed ``qwen-fluent``; ``QWEN_FLUENT_BENCH_SERVE`` overrides it (a command line, e.g. an
+    older checkout's ``env PYTHONPATH=/tmp/old python3 -m qwen_fluent``, for a before/after in one run)."""
+    override = os.environ.get("QWEN_FLUENT_BENCH_SERVE")
+    if override:
+        return shlex.split(override)
     exe = shutil.which("qwen-fluent")
     return [exe] if exe else [sys.executable, "-m", "qwen_fluent"]
 
@@ -202,17 +208,13 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @dataclasses.dataclass
-class Intake:
-    """One measured intake run: a receiver (ours or the exporter) taking ``records`` records."""
+class Measured:
+    """``records`` records taken in ``seconds`` of wall-clock time and ``cpu_s`` of CPU."""
 
     name: str
     records: int
     seconds: float
     cpu_s: float
-    peak_rss: int
-    counted: dict[str, tuple[int, int]]  # check name -> (what the receiver says, what it must say)
-    scrapes: list[float] = dataclasses.field(default_factory=list)
-    scrape_errors: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -221,6 +223,16 @@ class Intake:
     @property
     def cpu_us(self) -> float:
         return self.cpu_s / self.records * 1e6
+
+
+@dataclasses.dataclass
+class Intake(Measured):
+    """One measured intake run: a receiver (ours or the exporter) taking ``records`` records."""
+
+    peak_rss: int
+    counted: dict[str, tuple[int, int]]  # check name -> (what the receiver says, what it must say)
+    scrapes: list[float] = dataclasses.field(default_factory=list)
+    scrape_errors: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def counts_ok(self) -> bool:
@@ -277,8 +289,9 @@ def server_counts(port: int) -> tuple[int, int]:
 def serve_intake(stream: workload.Stream, window: int, connections: int, scrape: bool, workers: int = 1) -> Intake:
     forward_port, metrics_port = free_port(), free_port()
     command = serve_command() + ["serve", "--host", "127.0.0.1", "--port", str(forward_port),
-                                 "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port), "--no-gpu",
-                                 "--workers", str(workers)]
+                                 "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port), "--no-gpu"]
+    if workers > 1:
+        command += ["--workers", str(workers)]
     with tempfile.TemporaryFile() as log_file:
         def log() -> str:
             log_file.seek(0)
@@ -358,19 +371,8 @@ def exporter_intake(lines: bytes, records: int) -> Intake:
 
 
 @dataclasses.dataclass
-class Ceiling:
-    name: str
-    records: int
-    seconds: float
-    cpu_s: float
-
-    @property
-    def rate(self) -> float:
-        return self.records / self.seconds
-
-    @property
-    def cpu_us(self) -> float:
-        return self.cpu_s / self.records * 1e6
+class Ceiling(Measured):
+    """The decode ceiling of one stream."""
 
 
 def decode_ceiling(stream: workload.Stream, runs: int) -> Ceiling:

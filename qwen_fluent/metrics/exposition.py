@@ -43,7 +43,7 @@ from __future__ import annotations
 import enum
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate
 from typing import Any, Protocol
 
@@ -108,22 +108,21 @@ _metric_names: dict[str, str] = {}
 _label_names: dict[str, str] = {}
 
 
-def _metric_name(name: str) -> str:
-    out = _metric_names.get(name)
+def _cached(cache: dict[str, str], escape: Callable[[str, Any], str], name: str) -> str:
+    out = cache.get(name)
     if out is None:
-        out = escape_metric_name(name, UNDERSCORES)
-        if len(_metric_names) < MAX_CACHED_NAMES:
-            _metric_names[name] = out
+        out = escape(name, UNDERSCORES)
+        if len(cache) < MAX_CACHED_NAMES:
+            cache[name] = out
     return out
+
+
+def _metric_name(name: str) -> str:
+    return _cached(_metric_names, escape_metric_name, name)
 
 
 def _label_name(name: str) -> str:
-    out = _label_names.get(name)
-    if out is None:
-        out = escape_label_name(name, UNDERSCORES)
-        if len(_label_names) < MAX_CACHED_NAMES:
-            _label_names[name] = out
-    return out
+    return _cached(_label_names, escape_label_name, name)
 
 
 def escape_label_value(value: str) -> str:
@@ -285,35 +284,26 @@ class Writer:
     def counter(self, block: str, value: float | int) -> None:
         """One series of the current counter family (``name_total``)."""
         if type(value) is int and _INT_LOW < value < _GO_EXPONENT:
-            v = f"{value}.0"
+            self._line(block, f"{value}.0")
         else:
-            v = _fmt(value)
-        if block:
-            self._add(f"{self._sample}{block}}} {v}\n")
-        else:
-            self._add(f"{self._sample_bare}{v}\n")
-        if len(self._chunks) >= FLUSH_CHUNKS:
-            self._flush()
+            self._line(block, _fmt(value))
 
     def gauge(self, block: str, value: float | int) -> None:
         """One series of the current gauge family."""
         if type(value) is float and _NEG_INF < value < _GO_EXPONENT:
-            v = repr(value)
+            self._line(block, repr(value))
         else:
-            v = _fmt(value)
-        if block:
-            self._add(f"{self._sample}{block}}} {v}\n")
-        else:
-            self._add(f"{self._sample_bare}{v}\n")
-        if len(self._chunks) >= FLUSH_CHUNKS:
-            self._flush()
+            self._line(block, _fmt(value))
 
     def info(self, block: str) -> None:
         """One series of the current info family (``name_info``, value 1); ``block`` has the info labels."""
+        self._line(block, "1.0")
+
+    def _line(self, block: str, value: str) -> None:
         if block:
-            self._add(f"{self._sample}{block}}} 1.0\n")
+            self._add(f"{self._sample}{block}}} {value}\n")
         else:
-            self._add(f"{self._sample_bare}1.0\n")
+            self._add(f"{self._sample_bare}{value}\n")
         if len(self._chunks) >= FLUSH_CHUNKS:
             self._flush()
 
