@@ -231,7 +231,8 @@ def registry(gpu: GpuCollector) -> Registry:
 
 
 def _value(v: Any) -> Any:
-    return "NaN" if isinstance(v, float) and math.isnan(v) else v
+    """A sortable stand-in: NaN equals NaN and sorts after every number (two series may differ only by it)."""
+    return (1, 0.0) if isinstance(v, float) and math.isnan(v) else (0, v)
 
 
 def _sample(s: Sample) -> tuple:
