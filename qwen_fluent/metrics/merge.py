@@ -31,7 +31,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .llm import LLMMetrics, Snapshot
+from .collector import Snapshot
+from .llm import LLMMetrics
 from .series import ExemplarSlot, RequestSeries
 from .table import RequestTable
 

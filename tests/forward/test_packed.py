@@ -20,7 +20,6 @@ import pytest
 from qwen_fluent.forward import (
     NEED_DATA,
     EndOfStream,
-    ForwardConnection,
     ForwardError,
     Limits,
     Message,
