@@ -76,7 +76,18 @@ class ServerConfig:
     reuse_port: bool = False
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """The server TLS context, or ``None`` for plain TCP. Raises ``OSError``/``ssl.SSLError`` on bad files."""
+        """The server TLS context, or ``None`` for plain TCP. Raises ``OSError``/``ssl.SSLError`` on bad files.
+
+        Client certificates (``tls_client_ca``) are verified strictly on every
+        Python version: ``VERIFY_X509_STRICT`` (a CA needs ``keyUsage``, its
+        ``basicConstraints`` marked critical) and ``VERIFY_X509_PARTIAL_CHAIN``
+        (any certificate in ``tls_client_ca`` is a trust anchor, an
+        intermediate too). ``ssl.create_default_context`` sets both from
+        Python 3.13 on and neither before, so without setting them here the
+        same certificate would be accepted or refused depending on the
+        interpreter. A handshake refused over a certificate is logged with
+        OpenSSL's reason and what to change (:class:`_HandshakeLoggingSSLObject`).
+        """
         if not self.tls_cert:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -84,7 +95,79 @@ class ServerConfig:
         if self.tls_client_ca:
             context.load_verify_locations(cafile=self.tls_client_ca)
             context.verify_mode = ssl.CERT_REQUIRED
+        context.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+        context.sslobject_class = _HandshakeLoggingSSLObject
         return context
+
+
+#: Where the TLS log lines send the reader.
+TLS_DOCS = "docs/forward.md#tls"
+
+#: What to change for the client-certificate failures a misconfigured CA or
+#: client certificate produces, by OpenSSL ``X509_V_ERR_*`` code (stable across
+#: OpenSSL versions). Any other code is logged with OpenSSL's own words.
+_CLIENT_CERT_ADVICE: dict[int, str] = {
+    92: "the CA certificate lacks keyUsage; regenerate the CA with keyUsage=critical,keyCertSign,cRLSign",
+    32: "the CA certificate's keyUsage lacks keyCertSign; regenerate the CA with keyUsage=critical,keyCertSign,cRLSign",
+    79: "a CA certificate is not a valid CA; regenerate it with basicConstraints=critical,CA:TRUE and "
+        "keyUsage=critical,keyCertSign,cRLSign",
+    89: "the CA certificate's basicConstraints is not critical; regenerate the CA with basicConstraints=critical,CA:TRUE",
+    86: "the CA certificate lacks subjectKeyIdentifier; regenerate the CA with subjectKeyIdentifier=hash",
+    85: "the client certificate lacks authorityKeyIdentifier; reissue it with authorityKeyIdentifier=keyid",
+    26: "the client certificate is not for client authentication; reissue it with extendedKeyUsage=clientAuth",
+    20: "the client certificate is not signed by a CA in tls_client_ca; add its CA to tls_client_ca or reissue it",
+    2: "the client certificate is not signed by a CA in tls_client_ca; add its CA to tls_client_ca or reissue it",
+    18: "the client certificate is self-signed; sign it with a CA that is in tls_client_ca",
+    19: "the client's chain ends in a root that is not in tls_client_ca; add that root to tls_client_ca",
+    10: "a certificate in the client's chain has expired; renew it",
+    9: "a certificate in the client's chain is not valid yet; check the clocks of both machines",
+}
+
+#: TLS alerts by which a client says it refused this server's certificate.
+_CLIENT_REFUSED_OURS = frozenset({
+    "TLSV1_ALERT_UNKNOWN_CA",
+    "SSLV3_ALERT_BAD_CERTIFICATE",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+})
+
+
+class _HandshakeLoggingSSLObject(ssl.SSLObject):
+    """An ``SSLObject`` that logs, once, why a TLS handshake was refused over a certificate.
+
+    asyncio's TLS server drops a failed handshake silently: the protocol is
+    never told of the connection, and the error reaches a log only with the
+    event loop in debug mode. The handshake is the one place that sees
+    OpenSSL's reason, so it is logged here, through ``SSLContext.sslobject_class``,
+    the hook the standard library offers for this. asyncio gives no peer
+    address at that point, so the line names the reason and the fix, not the
+    client. Failures that are not about certificates (a plain-text client on
+    the TLS port, a probe that connects and leaves) are logged at debug level.
+    """
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise  # the handshake is waiting for bytes, not failing
+        except ssl.SSLCertVerificationError as exc:
+            advice = _CLIENT_CERT_ADVICE.get(exc.verify_code, "fix the client certificate or tls_client_ca")
+            log.warning("TLS handshake refused: client certificate chain rejected (OpenSSL: %s): %s (see %s)",
+                        exc.verify_message, advice, TLS_DOCS)
+            raise
+        except ssl.SSLError as exc:
+            if exc.reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+                log.warning("TLS handshake refused: the client sent no certificate, which tls_client_ca requires; "
+                            "give the client one signed by a CA in tls_client_ca (Fluent Bit: tls.crt_file and "
+                            "tls.key_file) (see %s)", TLS_DOCS)
+            elif exc.reason in _CLIENT_REFUSED_OURS:
+                log.warning("TLS handshake refused by the client: it rejected this server's certificate (%s); "
+                            "give the client the CA that signed tls_cert (Fluent Bit: tls.ca_file) and a name that "
+                            "tls_cert covers (see %s)", exc.reason, TLS_DOCS)
+            else:
+                log.debug("TLS handshake failed: %s", exc)
+            raise
 
 
 class _ForwardProtocol(asyncio.Protocol):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,8 @@ import pytest
 from qwen_fluent.forward import Message
 from qwen_fluent.server import ForwardServer, ServerConfig
 from qwen_fluent.stats import ReceiverStats
+
+from .certs import make_ca, make_leaf
 
 
 class Collect:
@@ -54,17 +55,13 @@ async def read_for(reader: asyncio.StreamReader, seconds: float = 2.0) -> bytes:
 
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory) -> dict[str, Path]:
-    """A throwaway CA, a server certificate for 127.0.0.1/localhost and a client certificate, made by openssl."""
+    """A throwaway CA, a server certificate for 127.0.0.1/localhost and a client certificate.
+
+    Keys ``ca_crt``, ``ca_key``, ``server_crt``, ``server_key``, ``client_crt``,
+    ``client_key``. Made to pass a strict X.509 verifier (``tests/server/certs.py``).
+    """
     d = tmp_path_factory.mktemp("tls")
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-        "-subj", "/CN=qwen-fluent test CA")
-    for name, cn in (("server", "localhost"), ("client", "fluent-bit")):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
-        (d / f"{name}.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
-    return {p.stem + "_" + p.suffix[1:]: p for p in d.iterdir()}
+    ca = make_ca(d)
+    make_leaf(d, "server", "localhost", "serverAuth", ca)
+    make_leaf(d, "client", "fluent-bit", "clientAuth", ca)
+    return {p.stem + "_" + p.suffix[1:]: p for p in d.iterdir() if p.suffix in (".crt", ".key")}
