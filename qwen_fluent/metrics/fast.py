@@ -32,8 +32,8 @@ every sample.
 from __future__ import annotations
 
 from collections import Counter
-from itertools import chain
-from operator import attrgetter
+from itertools import chain, repeat
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
@@ -43,14 +43,21 @@ from ..records.normaliser import Normaliser
 from ..records.typed import MEASUREMENTS, request_event
 from ..records.values import MAX_DURATION_S, MAX_GPU_MEMORY_BYTES, MAX_TOKENS, MIB, label
 from .llm import MAX_RAW_KEYS, LLMMetrics
-from .series import RequestSeries
 
 #: RequestEvent fields the columns below compute (ttft_s: never set by a canonical request record).
 _COMPUTED = frozenset(("total_s", "queue_s", "inference_s", "ttft_s", "tpot_s", "input_tokens", "output_tokens"))
 
 
 _measurements = attrgetter(*MEASUREMENTS)
-_row = attrgetter("row")
+#: What decides a record's label sets, besides its kubernetes map and the tag. Raw values: two
+#: records share a cached resolution only if these are equal (error texts make distinct keys,
+#: which costs cache room, never correctness).
+_label_fields = attrgetter("status", "http_status", "status_code", "http_status_code", "error", "error_type",
+                           "path", "model", "method")
+_kubernetes = attrgetter("kubernetes")
+_timestamp = attrgetter("timestamp")
+#: A cached resolution's rows, one per request group.
+_rows = itemgetter(2)
 
 
 def _ms(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,9 +96,7 @@ class FastRequests:
 
     def raw_key(self, rec: Any, tag: Any) -> tuple[Any, ...]:
         """What decides a record's label set, before any cleaning."""
-        return (rec.status, rec.http_status, rec.status_code, rec.http_status_code,
-                not not (rec.error or rec.error_type), rec.path, rec.model, rec.method,
-                bytes(rec.kubernetes), tag)
+        return (_label_fields(rec), bytes(rec.kubernetes), tag)
 
     def event(self, rec: Any, tag: Any) -> Any:
         """The RequestEvent the normaliser makes of ``rec``, or ``None`` (fall back to it).
@@ -110,7 +115,7 @@ class FastRequests:
         keys = self.metrics.raw_keys
         if len(keys) >= MAX_RAW_KEYS:
             keys.clear()
-        keys[self.raw_key(rec, tag)] = (series, folds)
+        keys[self.raw_key(rec, tag)] = (series, folds, tuple(s.row for s in series))
 
     # -- a whole message --------------------------------------------------------
 
@@ -124,8 +129,7 @@ class FastRequests:
         n = len(recs)
         if n == 0:
             return True
-        keys = [(r.status, r.http_status, r.status_code, r.http_status_code, not not (r.error or r.error_type),
-                 r.path, r.model, r.method, bytes(r.kubernetes), tag) for r in recs]
+        keys = list(zip(map(_label_fields, recs), map(bytes, map(_kubernetes, recs)), repeat(tag, n)))
         cache = metrics.raw_keys
         resolved = list(map(cache.get, keys))
 
@@ -157,7 +161,7 @@ class FastRequests:
         }
 
         # Timestamps: one parse per distinct value; a record without one takes the message's time.
-        raw_ts = [r.timestamp for r in recs]
+        raw_ts = list(map(_timestamp, recs))
         timestamp = self.normaliser.timestamp
         stamps = {}
         for raw in set(raw_ts):
@@ -167,9 +171,9 @@ class FastRequests:
 
         # Nothing below can refuse the message: update the state.
         groups = metrics.groups
-        series_of = [[hit[0][g] for hit in resolved] for g in range(len(groups))]
-        rows_of = [np.fromiter(map(_row, series), np.intp, n) for series in series_of]
-        rows = rows_of[0]
+        width = len(groups)
+        rows_all = np.fromiter(chain.from_iterable(map(_rows, resolved)), np.intp, n * width).reshape(n, width)
+        rows = rows_all[:, 0]
         t = metrics.primary.table
         np.add.at(t.requests, rows, 1)
         np.maximum.at(t.last_ts, rows, ts_arr)
@@ -179,14 +183,15 @@ class FastRequests:
                 idx = np.flatnonzero(ok)
                 np.add.at(t.counter_sums[k], rows[idx], values[idx])
         epoch = metrics._epoch
-        for series in series_of:
-            for s in set(series):
+        distinct = set(resolved)
+        for hit in distinct:
+            for s in hit[0]:
                 s.touched = epoch
-        folded: Counter[str] = Counter()
-        for hit in resolved:
-            if hit[1]:
-                folded.update(hit[1])
-        if folded:
+        if any(hit[1] for hit in distinct):  # folds count once per record
+            folded: Counter[str] = Counter()
+            for hit in resolved:
+                if hit[1]:
+                    folded.update(hit[1])
             metrics._space.overflow.update(folded)
 
         exemplars = metrics._exemplars
@@ -198,12 +203,12 @@ class FastRequests:
                     continue
                 idx = np.flatnonzero(ok)
                 v = values[idx]
-                r = rows_of[g][idx]
+                r = rows_all[idx, g]
                 b = np.searchsorted(bounds, v, side="left")
                 np.add.at(gt.counts[j], (r, b), 1)
                 np.add.at(gt.sums[j], r, v)
                 if ex >= 0 and exemplars:
-                    self._exemplars(recs, series_of[g], idx, r, b, v, ts_arr, ex, gt.widths[j])
+                    self._exemplars(recs, resolved, g, idx, r, b, v, ts_arr, ex, gt.widths[j])
 
         idx = np.flatnonzero(gpu_ok)
         if idx.size:
@@ -231,13 +236,14 @@ class FastRequests:
         if len(cache) + len(events) > MAX_RAW_KEYS:
             cache.clear()
         for key, event in events.items():
-            cache[key] = metrics.resolve_request(event)
+            series, folds = metrics.resolve_request(event)
+            cache[key] = (series, folds, tuple(s.row for s in series))
         for i, hit in enumerate(resolved):
             if hit is None:
                 resolved[i] = cache[keys[i]]
         return True
 
-    def _exemplars(self, recs: list[Any], series_of: list[RequestSeries], idx: np.ndarray, r: np.ndarray,
+    def _exemplars(self, recs: list[Any], resolved: list[Any], g: int, idx: np.ndarray, r: np.ndarray,
                    b: np.ndarray, v: np.ndarray, ts: np.ndarray, ex: int, width: int) -> None:
         """Each (label set, bucket)'s last request id, as a record-by-record pass would leave it."""
         keys = r * width + b
@@ -264,7 +270,7 @@ class FastRequests:
                             break
                 if not rid:
                     continue
-            series_of[i].ex[ex][bucket] = (rid, value, when)
+            resolved[i][0][g].ex[ex][bucket] = (rid, value, when)
 
     def _gpu(self, rows: np.ndarray, values: np.ndarray, ts: np.ndarray) -> None:
         """The newest GPU-memory report per label set, ties to the later one; numbered in arrival order."""

@@ -151,8 +151,8 @@ class LLMMetrics(SnapshotCollector):
         #: Held around each message by the writer and around each snapshot by a scrape.
         self.lock = threading.Lock()
         #: Fast path: raw label tuple -> (its label set in each request group, folds to count
-        #: per record); see MAX_RAW_KEYS.
-        self.raw_keys: dict[tuple[Any, ...], tuple[tuple[RequestSeries, ...], tuple[str, ...]]] = {}
+        #: per record, the label sets' rows); see MAX_RAW_KEYS.
+        self.raw_keys: dict[tuple[Any, ...], tuple[tuple[RequestSeries, ...], tuple[str, ...], tuple[int, ...]]] = {}
         self._max_series = cfg.max_series
         self._overflow = cfg.overflow_value
 
@@ -410,7 +410,7 @@ class LLMMetrics(SnapshotCollector):
                             table.release(s.row)
                             gone.add(id(s))
                         removed += 1
-        if gone or any(folds for _, folds in self.raw_keys.values()):
+        if gone or any(hit[1] for hit in self.raw_keys.values()):
             # A raw tuple whose label set went is resolved afresh, and so is one that folded:
             # freed room under a cap may now admit it.
             self.raw_keys = {raw: hit for raw, hit in self.raw_keys.items()
