@@ -172,7 +172,8 @@ def http_get(port: int, path: str, headers: dict[str, str] | None = None, timeou
 
 def serve_command() -> list[str]:
     """The installed ``qwen-fluent``; ``QWEN_FLUENT_BENCH_SERVE`` overrides it (a command line, e.g. an
-    older checkout's ``env PYTHONPATH=/tmp/old python3 -m qwen_fluent``, for a before/after in one run)."""
+    older checkout's ``env PYTHONPATH=/tmp/old python3 -P -m qwen_fluent``, for a before/after in one run:
+    ``-P`` keeps the working directory, this checkout, off the import path)."""
     override = os.environ.get("QWEN_FLUENT_BENCH_SERVE")
     if override:
         return shlex.split(override)
