@@ -111,11 +111,14 @@ class FastRequests:
 
     def remember(self, rec: Any, tag: Any, event: Any, now: float) -> None:
         """Count ``event`` (made of ``rec`` by :meth:`event`) the reference way and remember its label set."""
-        series, folds = self.metrics.observe_request(event, now)  # a label set per request group
-        keys = self.metrics.raw_keys
-        if len(keys) >= MAX_RAW_KEYS:
-            keys.clear()
-        keys[self.raw_key(rec, tag)] = (series, folds, tuple(s.row for s in series))
+        self._remember(self.raw_key(rec, tag), *self.metrics.observe_request(event, now))
+
+    def _remember(self, key: tuple[Any, ...], series: tuple[Any, ...], folds: tuple[str, ...]) -> None:
+        """Cache a raw label tuple's resolution: its label set per request group, folds, and rows."""
+        cache = self.metrics.raw_keys
+        if len(cache) >= MAX_RAW_KEYS:
+            cache.clear()
+        cache[key] = (series, folds, tuple(s.row for s in series))
 
     # -- a whole message --------------------------------------------------------
 
@@ -232,15 +235,13 @@ class FastRequests:
             events[key] = event
         if not metrics.has_room(list(events.values()), others):
             return False
-        cache = metrics.raw_keys
-        if len(cache) + len(events) > MAX_RAW_KEYS:
-            cache.clear()
+        hits = {}
         for key, event in events.items():
-            series, folds = metrics.resolve_request(event)
-            cache[key] = (series, folds, tuple(s.row for s in series))
+            self._remember(key, *metrics.resolve_request(event))
+            hits[key] = metrics.raw_keys[key]
         for i, hit in enumerate(resolved):
             if hit is None:
-                resolved[i] = cache[keys[i]]
+                resolved[i] = hits[keys[i]]
         return True
 
     def _exemplars(self, recs: list[Any], resolved: list[Any], g: int, idx: np.ndarray, r: np.ndarray,

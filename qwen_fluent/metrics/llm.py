@@ -241,21 +241,17 @@ class LLMMetrics(SnapshotCollector):
     def observe_request(self, outcome: RequestEvent,
                         now: float | None = None) -> tuple[tuple[RequestSeries, ...], tuple[str, ...]]:
         """Count one request (:meth:`observe`); returns its label set in each request group and the
-        labels its lookups folded (the overflow counts they bumped), which the fast path repeats for
-        later records of the same raw labels."""
+        labels its lookups folded (counted here once each), which the fast path repeats for later
+        records of the same raw labels."""
+        series, folds = self.resolve_request(outcome)
+        overflow = self._space.overflow
+        for name in folds:  # a record counts once per label it had folded, however many groups folded it
+            overflow[name] += 1
         ts = outcome.timestamp
         if ts is None:
             ts = time.time() if now is None else now
         exemplars = self._exemplars and outcome.request_id
-        before: dict[str, int] | None = None
-        series = []
-        for group in self.groups:
-            key = group.key(outcome)
-            s = group.store.get(key)
-            if s is None:
-                if before is None:
-                    before = dict(self._space.overflow)
-                s = self._admit_request(group, key)
+        for group, s in zip(self.groups, series):
             s.touched = self._epoch
             t = group.table
             row = s.row
@@ -267,14 +263,6 @@ class LLMMetrics(SnapshotCollector):
                     t.sums[j][row] += v
                     if ex >= 0 and exemplars:
                         s.ex[ex][i] = (outcome.request_id, v, ts)
-            series.append(s)
-        folds: tuple[str, ...] = ()
-        if before is not None:
-            # A record counts once per label it had folded, however many groups folded it.
-            overflow = self._space.overflow
-            folds = tuple(name for name, n in overflow.items() if n > before.get(name, 0))
-            for name in folds:
-                overflow[name] = before.get(name, 0) + 1
         group = self.primary
         t = group.table
         row = series[0].row
@@ -292,20 +280,24 @@ class LLMMetrics(SnapshotCollector):
                 t.gpu[row] = v
                 t.gpu_ts[row] = ts
                 t.gpu_seq[row] = self.reports
-        return tuple(series), folds
+        return series, folds
 
     def resolve_request(self, outcome: RequestEvent) -> tuple[tuple[RequestSeries, ...], tuple[str, ...]]:
-        """The label set ``outcome`` counts in, per request group, admitting new ones as
-        :meth:`observe_request` would, but counting nothing: the labels its lookups fold are returned
-        for the caller to count with each record (the fast path, after :meth:`has_room`)."""
-        before = dict(self._space.overflow)
+        """The label set ``outcome`` counts in, per request group, admitting new ones, but counting
+        nothing: the labels its lookups fold are returned for the caller to count with each record
+        (:meth:`observe_request`; the fast path, after :meth:`has_room`)."""
+        before: dict[str, int] | None = None
         series = []
         for group in self.groups:
             key = group.key(outcome)
             s = group.store.get(key)
             if s is None:
+                if before is None:  # only a lookup that misses can fold
+                    before = dict(self._space.overflow)
                 s = self._admit_request(group, key)
             series.append(s)
+        if before is None:
+            return tuple(series), ()
         overflow = self._space.overflow
         folds = tuple(name for name, n in overflow.items() if n > before.get(name, 0))
         for name in folds:
