@@ -69,8 +69,8 @@ def _count(payload: bytes) -> int:
 def _times_are_plain(items: list[tuple[Any, Any]]) -> bool:
     """Every time an int, a float or an EventTime, alone or as the first of Fluent Bit's pair.
 
-    Ints and floats are most; EventTimes are checked together (one set of
-    (type, length)), the rare pairs one by one.
+    Ints and floats are most; EventTimes are checked together (the set of
+    their ext codes, the set of their lengths), the rare pairs one by one.
     """
     exts = [t for t, _ in items if type(t) is _Ext]
     if exts and (set(map(_code, exts)) != {0} or set(map(len, map(_data, exts))) != {8}):
@@ -119,6 +119,7 @@ def is_map(raw: Any) -> bool:
     """Whether a record from :func:`split_packed` is a msgpack map (the reference counts any other
     record as an invalid entry, ``record_not_map``: a caller checks this for the records it refuses)."""
     return len(raw) > 0 and memoryview(raw)[0] in _MAP_HEADS
+
 
 def decode_record(raw: Any, limits: Limits) -> Any:
     """One record's bytes (from :func:`split_packed`) decoded the general way, as the connection would.

@@ -61,6 +61,15 @@ def _les(bounds: tuple[float, ...]) -> tuple[str, ...]:
     return tuple(floatToGoString(b) for b in bounds) + ("+Inf",)
 
 
+#: The per-pod gauges grouped from the request label sets, in the order :meth:`SnapshotCollector.pod_gauges`
+#: returns their values: name after the namespace, help, OpenMetrics unit.
+POD_GAUGES = (
+    ("gpu_memory_reported_bytes", "GPU memory the inference server last reported in a request log, bytes.", "bytes"),
+    ("last_request_timestamp_seconds", "Timestamp of the newest request log line, seconds since the epoch.",
+     "seconds"),
+)
+
+
 class Snapshot(NamedTuple):
     """What one scrape exposes, copied under the lock: request series with their exemplar slots,
     log, engine and prompt rows, the request table's arrays, unrecognised counts."""
@@ -168,16 +177,11 @@ class SnapshotCollector:
             for block, row, _ in rows:
                 writer.counter(block, sums[row])
 
-        gpu, last = self.pod_gauges(snap)
         pod_names = self._pod_names
-        writer.family(f"{ns}_gpu_memory_reported_bytes", "gauge",
-                      "GPU memory the inference server last reported in a request log, bytes.", "bytes")
-        for key, value in gpu.items():
-            writer.gauge(label_block(pod_names, key), value)
-        writer.family(f"{ns}_last_request_timestamp_seconds", "gauge",
-                      "Timestamp of the newest request log line, seconds since the epoch.", "seconds")
-        for key, value in last.items():
-            writer.gauge(label_block(pod_names, key), value)
+        for (name, doc, unit), values in zip(POD_GAUGES, self.pod_gauges(snap)):
+            writer.family(f"{ns}_{name}", "gauge", doc, unit)
+            for key, value in values.items():
+                writer.gauge(label_block(pod_names, key), value)
         for metric in self._small_families(snap):
             writer.metric(metric)
 
@@ -248,20 +252,11 @@ class SnapshotCollector:
                 fam.samples.append(Sample(fam.name + "_total", labels, sums[row].item()))
             yield fam
 
-        gpu, last = self.pod_gauges(snap)
-        pod_names = self._pod_names
-        fam = GaugeMetricFamily(f"{ns}_gpu_memory_reported_bytes",
-                                "GPU memory the inference server last reported in a request log, bytes.",
-                                labels=pod_names, unit="bytes")
-        for key, value in gpu.items():
-            fam.add_metric(key, value)
-        yield fam
-        fam = GaugeMetricFamily(f"{ns}_last_request_timestamp_seconds",
-                                "Timestamp of the newest request log line, seconds since the epoch.",
-                                labels=pod_names, unit="seconds")
-        for key, value in last.items():
-            fam.add_metric(key, value)
-        yield fam
+        for (name, doc, unit), values in zip(POD_GAUGES, self.pod_gauges(snap)):
+            fam = GaugeMetricFamily(f"{ns}_{name}", doc, labels=self._pod_names, unit=unit)
+            for key, value in values.items():
+                fam.add_metric(key, value)
+            yield fam
         yield from self._small_families(snap)
 
     def _small_families(self, snap: Snapshot) -> Iterator[Metric]:

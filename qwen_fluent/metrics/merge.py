@@ -68,9 +68,8 @@ def merge(template: LLMMetrics, snaps: list[Snapshot]) -> Snapshot:
                     rows_of[key] = len(rows_of)
         spec = group.table
         table = RequestTable(spec.specs, spec.bounds, spec.counter_specs)
-        while table.capacity < len(rows_of):
-            table._grow(table.capacity * 2)
-        table._next = len(rows_of)
+        for _ in rows_of:  # rows 0..n-1, in key order: a new table has no freed rows
+            table.add_row()
         exemplars: list[list[list[ExemplarSlot]]] = [[[None] * w for w in group.exemplar_widths]
                                                      for _ in range(len(rows_of))]
         gpu_best: dict[int, tuple[float, int, int, float]] = {}
