@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import threading
 import time
 import zlib
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
@@ -46,10 +47,14 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from qwen_fluent.forward.events import Entry, Message, Mode
 from qwen_fluent.metrics import LLMMetrics, MetricsConfig
-from qwen_fluent.metrics.exposition import Format, Registry, Writer, generate, label_block, render
+from qwen_fluent.metrics.exposition import Format, Registry, generate, render
 from qwen_fluent.pipeline import MetricsSink
 from qwen_fluent.records import Normaliser, RequestEvent, Source
 from qwen_fluent.stats import ReceiverStats
+
+# The fast-method replay is the exposition tests' own (tests/support/replay.py): run from the repository.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support.replay import Replay  # noqa: E402
 
 PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 STATUSES = ("success",) * 8 + ("error", "timeout")
@@ -151,64 +156,6 @@ class Frozen:
 
     def collect(self) -> list[Metric]:
         return self.families
-
-
-class Replay(Frozen):
-    """The same families through the Writer's fast methods, label blocks built beforehand.
-
-    What a collector's ``expose(writer)`` costs at scrape time without its
-    snapshot: numbers formatted into pre-built lines. Families of other types
-    (none among LLMMetrics') go through the generic path.
-    """
-
-    def __init__(self, families: list[Metric]) -> None:
-        super().__init__(families)
-        self.plan: list[tuple[Metric, list[Any] | None]] = []
-        for fam in families:
-            if fam.type == "histogram":
-                rows: list[Any] = []
-                les: list[str] = []
-                cum: list[float] = []
-                exs: list[Any] = []
-                for s in fam.samples:
-                    if s.name.endswith("_bucket"):
-                        les.append(s.labels["le"])
-                        cum.append(s.value)
-                        ex = s.exemplar
-                        exs.append(None if ex is None else (_block(ex.labels), ex.value, ex.timestamp))
-                    elif s.name.endswith("_sum"):
-                        per = [int(b - a) for a, b in zip([0, *cum], cum)]
-                        rows.append((_block(s.labels), les, per, s.value, exs if any(exs) else None))
-                        les, cum, exs = [], [], []
-                self.plan.append((fam, rows))
-            elif fam.type == "info":
-                self.plan.append((fam, [_block(s.labels) for s in fam.samples]))
-            elif fam.type in ("counter", "gauge"):
-                self.plan.append((fam, [(_block(s.labels), s.value) for s in fam.samples]))
-            else:
-                self.plan.append((fam, None))
-
-    def expose(self, writer: Writer) -> None:
-        for fam, rows in self.plan:
-            if rows is None:
-                writer.metric(fam)
-                continue
-            writer.family(fam.name, fam.type, fam.documentation, fam.unit)
-            if fam.type == "histogram":
-                histogram = writer.histogram
-                for block, les, counts, sum_, exemplars in rows:
-                    histogram(block, les, counts, sum_, exemplars)
-            elif fam.type == "info":
-                for block in rows:
-                    writer.info(block)
-            else:
-                write = writer.counter if fam.type == "counter" else writer.gauge
-                for block, value in rows:
-                    write(block, value)
-
-
-def _block(labels: dict[str, str]) -> str:
-    return label_block(list(labels), list(labels.values()))
 
 
 def longest_stall(work: Callable[[], object]) -> float:

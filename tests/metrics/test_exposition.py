@@ -79,6 +79,7 @@ from qwen_fluent.server.http import MetricsHTTPServer
 from qwen_fluent.stats import ReceiverStats
 from tests.support.fake_nvml import FakeNvml
 from tests.support.prometheus import require_binary
+from tests.support.replay import Replay
 
 #: Label values that need escaping or are not ASCII, mixed into every label.
 AWKWARD = ['say "hi"', "back\\slash", "new\nline", "ünïcødé ✓ 模型", "trailing\\", 'a,b="c"}', '\\"\n', "plain"]
@@ -282,67 +283,6 @@ def test_text_ignores_exemplars_and_keeps_created_apart(registry: Registry) -> N
 
 
 # -- the fast path: pre-built blocks, numbers formatted at scrape time --------------------------------
-
-
-class Replay:
-    """Writes given prometheus-client families through the Writer's fast methods, as a collector's
-    ``expose()`` does: label blocks built once (here, from the families), per-bucket counts."""
-
-    def __init__(self, families: Iterable[Metric]) -> None:
-        self.families = list(families)
-        self.plan: list[tuple[Metric, list[Any] | None]] = []
-        for fam in self.families:
-            plain = all(s.timestamp is None and s.name != fam.name + "_created" for s in fam.samples)
-            if fam.type == "histogram" and plain:
-                self.plan.append((fam, self._histograms(fam)))
-            elif fam.type in ("counter", "gauge") and plain and all(s.exemplar is None for s in fam.samples):
-                self.plan.append((fam, [(self._block(s.labels), s.value) for s in fam.samples]))
-            elif fam.type == "info" and plain:
-                self.plan.append((fam, [self._block(s.labels) for s in fam.samples]))
-            else:
-                self.plan.append((fam, None))  # anything else: the generic path, in the same writer
-
-    @staticmethod
-    def _block(labels: dict[str, str]) -> str:
-        return label_block(list(labels), list(labels.values()))
-
-    def _histograms(self, fam: Metric) -> list[Any]:
-        rows: list[Any] = []
-        les: list[str] = []
-        cumulative: list[float] = []
-        exemplars: list[Any] = []
-        for s in fam.samples:
-            if s.name == fam.name + "_bucket":
-                les.append(s.labels["le"])
-                cumulative.append(s.value)
-                ex = s.exemplar
-                exemplars.append(None if ex is None else (self._block(ex.labels), ex.value, ex.timestamp))
-            elif s.name == fam.name + "_sum":
-                per_bucket = [int(b - a) for a, b in zip([0, *cumulative], cumulative)]
-                block = self._block({k: v for k, v in s.labels.items()})
-                rows.append((block, les, per_bucket, s.value, exemplars if any(exemplars) else None))
-                les, cumulative, exemplars = [], [], []
-        return rows
-
-    def collect(self) -> list[Metric]:
-        return self.families
-
-    def expose(self, writer: Writer) -> None:
-        for fam, rows in self.plan:
-            if rows is None:
-                writer.metric(fam)
-                continue
-            writer.family(fam.name, fam.type, fam.documentation, fam.unit)
-            if fam.type == "histogram":
-                for block, les, counts, sum_, exemplars in rows:
-                    writer.histogram(block, les, counts, sum_, exemplars)
-            elif fam.type == "info":
-                for block in rows:
-                    writer.info(block)
-            else:
-                write = writer.counter if fam.type == "counter" else writer.gauge
-                for block, value in rows:
-                    write(block, value)
 
 
 @pytest.mark.parametrize("fmt", list(Format), ids=lambda f: f.name)
