@@ -15,8 +15,17 @@ import logging
 import ssl
 import sys
 
+import importlib
+
 from .. import __version__
 from ..config import ENV_PREFIX, ConfigError, load
+
+#: Subcommands that live in a module of their own under ``qwen_fluent/cli/``:
+#: name -> module. Each module has ``add_parser(subparsers)`` (cheap: no heavy
+#: imports at module level, the parser is built on every call) and
+#: ``run(args) -> int``. One line here adds a command.
+COMMANDS: dict[str, str] = {
+}
 
 DESCRIPTION = """\
 qwen-fluent receives logs from Fluent Bit's (or Fluentd's) `forward` output
@@ -76,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("config", metavar="FILE")
+    for name, module in COMMANDS.items():
+        importlib.import_module(module, __package__).add_parser(sub)
     return parser
 
 
@@ -145,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(str(exc))
         print(f"{args.config}: ok")
         return 0
+    if args.command in COMMANDS:
+        return importlib.import_module(COMMANDS[args.command], __package__).run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
