@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """Write the qwen-fluent Grafana dashboard (``qwen-fluent-dashboard.json``) from code.
 
-Why code and no library: the dashboard is a list of PromQL queries with a
-title each; a few small functions below turn that list into Grafana's JSON
-model, so a reviewer reads queries, not 2,000 lines of JSON. grafanalib (the
-Python library people reach for) lags Grafana's panel schema and would be a
-dependency for one file; Grafana's own foundation SDK is larger still. The
-JSON written here is Grafana's plain dashboard model (schemaVersion 39,
-Grafana 10.x and 11.x), import-ready:
+The dashboard is a list of PromQL queries with a title each (``rows()``
+below, what a reviewer reads); Grafana's own dashboards-as-code library, the
+Grafana Foundation SDK (``grafana-foundation-sdk`` on PyPI, types generated
+from Grafana's schemas), turns that list into Grafana's dashboard model. The
+SDK is pinned to the build generated for Grafana 11.2.x (``SDK_REQUIREMENT``):
+examples/compose runs Grafana 11.2, and that build writes schemaVersion 39,
+which Grafana 10.x and 11.x import as is. Another build of the SDK writes
+another schema, so the script refuses to run on one. The SDK needs Python 3.11
+or newer (it annotates with ``typing.Self``).
+
+The JSON is import-ready:
 
 * the data source is a template variable (``$datasource``), so the same file
   imports on any Grafana whatever its Prometheus data source is called;
@@ -17,8 +21,15 @@ Grafana 10.x and 11.x), import-ready:
   ``examples/prometheus/rules/qwen-fluent-recording.rules.yml`` (load those
   rules with the dashboard), which is what keeps them cheap on many pods.
 
+Rows are expanded, so in Grafana's model their panels follow the row at the
+top level (only a collapsed row holds its panels): each row is added with
+``Dashboard.with_row`` and its panels with ``Dashboard.with_panel``, whose
+layout fills 24-column lines left to right. A line must add up to 24 columns;
+``tests/deploy`` fails on a panel that overlaps or overflows.
+
 Run it after changing a panel::
 
+    pip install 'grafana-foundation-sdk==1769699630!11.2.0'
     python3 examples/grafana/generate_dashboard.py
 
 ``tests/deploy`` fails while the committed JSON differs from what this script
@@ -28,14 +39,43 @@ Prometheus scraping a real receiver.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+#: The SDK build this dashboard is generated with: its epoch is the SDK's
+#: release, its version the Grafana release whose schema it was generated for.
+SDK_REQUIREMENT = "grafana-foundation-sdk==1769699630!11.2.0"
+SDK_VERSION = SDK_REQUIREMENT.split("==", 1)[1]
+
+
+class SdkVersionError(RuntimeError):
+    """The Grafana Foundation SDK is missing, or is another build than SDK_REQUIREMENT."""
+
+
+if sys.version_info < (3, 11):
+    raise SdkVersionError(
+        f"generate_dashboard.py needs Python 3.11 or newer (the Grafana Foundation SDK uses typing.Self "
+        f"and enum.StrEnum); this is {sys.version.split()[0]}"
+    )
+
+try:
+    from grafana_foundation_sdk.builders import common as common_builders
+    from grafana_foundation_sdk.builders import dashboard as dashboard_builders
+    from grafana_foundation_sdk.builders import prometheus, timeseries
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models import common as common_models
+    from grafana_foundation_sdk.models import dashboard as dashboard_models
+except ImportError as error:  # the SDK not installed
+    raise SdkVersionError(
+        f"generate_dashboard.py needs the Grafana Foundation SDK: pip install '{SDK_REQUIREMENT}' ({error})"
+    ) from error
+
 OUTPUT = Path(__file__).resolve().parent / "qwen-fluent-dashboard.json"
 
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+DATASOURCE = dashboard_models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 
 #: Label filters, spelled once. "All" selects ".*", which also matches a
 #: series without the label (a request logged outside Kubernetes).
@@ -55,13 +95,12 @@ class Target:
 
 @dataclass
 class Panel:
-    """A panel: title, what it shows (the description Grafana displays), its queries and unit."""
+    """A time series panel: title, what it shows (the description Grafana displays), its queries and unit."""
 
     title: str
     description: str
     targets: list[Target]
     unit: str = "short"
-    kind: str = "timeseries"
     width: int = 12
     height: int = 8
     min: float | None = 0
@@ -295,123 +334,108 @@ def rows() -> list[Row]:
     ]
 
 
-def _thresholds(steps: list[tuple[float, str]]) -> dict:
-    if not steps:
-        return {"mode": "absolute", "steps": [{"color": "green", "value": None}]}
-    return {
-        "mode": "absolute",
-        "steps": [{"color": color, "value": None if i == 0 else value} for i, (value, color) in enumerate(steps)],
-    }
 
 
-def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
-    defaults: dict = {"unit": panel.unit, "thresholds": _thresholds(panel.thresholds)}
+
+def check_sdk_version() -> None:
+    """Refuse an SDK build other than SDK_REQUIREMENT: it would write another schema."""
+    installed = importlib.metadata.version("grafana-foundation-sdk")
+    if installed != SDK_VERSION:
+        raise SdkVersionError(
+            f"grafana-foundation-sdk {installed} is installed; this dashboard is generated with "
+            f"{SDK_VERSION}: pip install '{SDK_REQUIREMENT}'"
+        )
+
+
+def _thresholds(steps: list[tuple[float, str]]) -> dashboard_builders.ThresholdsConfig:
+    """Absolute thresholds; Grafana's first step has no value (it starts at minus infinity)."""
+    steps = steps or [(0, "green")]
+    return (
+        dashboard_builders.ThresholdsConfig()
+        .mode(dashboard_models.ThresholdsMode.ABSOLUTE)
+        .steps([
+            dashboard_models.Threshold(value=None if i == 0 else value, color=color)
+            for i, (value, color) in enumerate(steps)
+        ])
+    )
+
+
+def _panel(panel: Panel, panel_id: int) -> timeseries.Panel:
+    """One time series panel: lines, 10 % fill, legend below, a tooltip listing every series."""
+    builder = (
+        timeseries.Panel()
+        .id(panel_id)
+        .title(panel.title)
+        .description(panel.description)
+        .datasource(DATASOURCE)
+        .span(panel.width)
+        .height(panel.height)
+        .unit(panel.unit)
+        .thresholds(_thresholds(panel.thresholds))
+        .draw_style(common_models.GraphDrawStyle.LINE)
+        .line_width(1)
+        .fill_opacity(10)
+        .show_points(common_models.VisibilityMode.NEVER)
+        .span_nulls(False)
+        .stacking(
+            common_builders.StackingConfig()
+            .mode(common_models.StackingMode.NORMAL if panel.stack else common_models.StackingMode.NONE)
+            .group("A")
+        )
+        .thresholds_style(
+            common_builders.GraphThresholdsStyleConfig().mode(
+                common_models.GraphThresholdsStyleMode.LINE if panel.thresholds else common_models.GraphThresholdsStyleMode.OFF
+            )
+        )
+        .legend(
+            common_builders.VizLegendOptions()
+            .display_mode(common_models.LegendDisplayMode.LIST)
+            .placement(common_models.LegendPlacement.BOTTOM)
+            .show_legend(True)
+            .calcs([])
+        )
+        .tooltip(
+            common_builders.VizTooltipOptions()
+            .mode(common_models.TooltipDisplayMode.MULTI)
+            .sort(common_models.SortOrder.DESCENDING)
+        )
+    )
     if panel.min is not None:
-        defaults["min"] = panel.min
+        builder.min(panel.min)
     if panel.max is not None:
-        defaults["max"] = panel.max
-    if panel.kind == "timeseries":
-        defaults["custom"] = {
-            "drawStyle": "line",
-            "lineWidth": 1,
-            "fillOpacity": 10,
-            "showPoints": "never",
-            "spanNulls": False,
-            "stacking": {"mode": "normal" if panel.stack else "none", "group": "A"},
-            "thresholdsStyle": {"mode": "line" if panel.thresholds else "off"},
-        }
-    return {
-        "id": panel_id,
-        "type": panel.kind,
-        "title": panel.title,
-        "description": panel.description,
-        "datasource": DATASOURCE,
-        "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
-        "fieldConfig": {"defaults": defaults, "overrides": []},
-        "options": {
-            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True, "calcs": []},
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        },
-        "targets": [
-            {
-                "refId": chr(ord("A") + i),
-                "datasource": DATASOURCE,
-                "expr": target.expr,
-                "legendFormat": target.legend,
-                "range": True,
-                "instant": False,
-            }
-            for i, target in enumerate(panel.targets)
-        ],
-    }
+        builder.max(panel.max)
+    for i, target in enumerate(panel.targets):
+        builder.with_target(
+            prometheus.Dataquery()
+            .ref_id(chr(ord("A") + i))
+            .datasource(DATASOURCE)
+            .expr(target.expr)
+            .legend_format(target.legend)
+            .range()
+        )
+    return builder
 
 
-def _layout(all_rows: list[Row]) -> list[dict]:
-    """Rows and panels with ids and grid positions (24 columns, rows stacked downwards)."""
-    out: list[dict] = []
-    panel_id = 1
-    y = 0
-    for row in all_rows:
-        out.append({
-            "id": panel_id,
-            "type": "row",
-            "title": row.title,
-            "collapsed": False,
-            "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
-            "panels": [],
-        })
-        panel_id += 1
-        y += 1
-        x = 0
-        line_height = 0
-        for panel in row.panels:
-            if x + panel.width > 24:
-                x = 0
-                y += line_height
-                line_height = 0
-            out.append(_panel_json(panel, panel_id, x, y))
-            panel_id += 1
-            x += panel.width
-            line_height = max(line_height, panel.height)
-        y += line_height
-    return out
+def _query_variable(name: str, label: str, query: str) -> dashboard_builders.QueryVariable:
+    """A label filter: multi-select, "All" = ``.*``, values re-read when the time range changes."""
+    return (
+        dashboard_builders.QueryVariable(name)
+        .label(label)
+        .datasource(DATASOURCE)
+        .query({"query": query, "refId": f"{name}-variable"})
+        .refresh(dashboard_models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .current(dashboard_models.VariableOption(selected=True, text=["All"], value=["$__all"]))
+        .sort(dashboard_models.VariableSort.ALPHABETICAL_ASC)
+    )
 
 
-def _query_variable(name: str, label: str, query: str) -> dict:
-    return {
-        "name": name,
-        "label": label,
-        "type": "query",
-        "datasource": DATASOURCE,
-        "definition": query,
-        "query": {"query": query, "refId": f"{name}-variable"},
-        # 2 = refresh the values whenever the time range changes.
-        "refresh": 2,
-        "multi": True,
-        "includeAll": True,
-        "allValue": ".*",
-        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-        "sort": 1,
-        "hide": 0,
-        "regex": "",
-        "options": [],
-    }
-
-
-def templating() -> list[dict]:
+def variables() -> list[dashboard_builders.DatasourceVariable | dashboard_builders.QueryVariable]:
     """The data source variable, then the label filters, each narrowed by the ones before it."""
     return [
-        {
-            "name": "datasource",
-            "label": "Data source",
-            "type": "datasource",
-            "query": "prometheus",
-            "current": {},
-            "hide": 0,
-            "refresh": 1,
-            "regex": "",
-            "options": [],
-        },
+        dashboard_builders.DatasourceVariable("datasource").label("Data source").type("prometheus"),
         _query_variable("namespace", "Namespace", "label_values(qwen_requests_total, namespace)"),
         _query_variable("model", "Model", 'label_values(qwen_requests_total{namespace=~"$namespace"}, model)'),
         _query_variable("pod", "Pod", 'label_values(qwen_requests_total{namespace=~"$namespace", model=~"$model"}, pod)'),
@@ -420,43 +444,51 @@ def templating() -> list[dict]:
     ]
 
 
-def dashboard() -> dict:
-    """The whole dashboard model."""
-    return {
-        "uid": "qwen-fluent",
-        "title": "LLM inference (qwen-fluent)",
-        "description": "Requests, latency, tokens and GPUs of LLM inference servers, from their logs "
-                       "(Fluent Bit -> qwen-fluent) and NVML. Generated by examples/grafana/generate_dashboard.py.",
-        "tags": ["llm", "inference", "qwen-fluent", "gpu"],
-        "timezone": "browser",
-        "editable": True,
-        "graphTooltip": 1,
-        "schemaVersion": 39,
-        "version": 1,
-        "refresh": "10s",
-        "time": {"from": "now-1h", "to": "now"},
-        "timepicker": {},
-        "links": [],
-        "annotations": {"list": [{
-            "builtIn": 1,
-            "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-            "enable": True,
-            "hide": True,
-            "iconColor": "rgba(0, 211, 255, 1)",
-            "name": "Annotations & Alerts",
-            "type": "dashboard",
-        }]},
-        "templating": {"list": templating()},
-        "panels": _layout(rows()),
-    }
+def dashboard() -> dashboard_models.Dashboard:
+    """The whole dashboard model, built by the SDK."""
+    builder = (
+        dashboard_builders.Dashboard("LLM inference (qwen-fluent)")
+        .uid("qwen-fluent")
+        .description(
+            "Requests, latency, tokens and GPUs of LLM inference servers, from their logs "
+            "(Fluent Bit -> qwen-fluent) and NVML. Generated by examples/grafana/generate_dashboard.py."
+        )
+        .tags(["llm", "inference", "qwen-fluent", "gpu"])
+        .timezone("browser")
+        .editable()
+        .tooltip(dashboard_models.DashboardCursorSync.CROSSHAIR)
+        .version(1)
+        .refresh("10s")
+        .time("now-1h", "now")
+        .annotation(
+            dashboard_builders.AnnotationQuery()
+            .name("Annotations & Alerts")
+            .datasource(dashboard_models.DataSourceRef(type_val="grafana", uid="-- Grafana --"))
+            .enable(True)
+            .hide(True)
+            .icon_color("rgba(0, 211, 255, 1)")
+            .type("dashboard")
+            .built_in(1)
+        )
+        .variables(variables())
+    )
+    panel_id = 1
+    for row in rows():
+        builder.with_row(dashboard_builders.Row(row.title).id(panel_id))
+        panel_id += 1
+        for panel in row.panels:
+            builder.with_panel(_panel(panel, panel_id))
+            panel_id += 1
+    return builder.build()
 
 
 def render() -> str:
-    """The dashboard as the JSON text that is committed (stable key order, trailing newline)."""
-    return json.dumps(dashboard(), indent=2, ensure_ascii=False) + "\n"
+    """The dashboard as the JSON text that is committed (the SDK's key order, trailing newline)."""
+    return json.dumps(dashboard(), cls=JSONEncoder, indent=2, ensure_ascii=False) + "\n"
 
 
 def main() -> int:
+    check_sdk_version()
     OUTPUT.write_text(render(), encoding="utf-8")
     print(f"wrote {OUTPUT.name}: {sum(len(r.panels) for r in rows())} panels")
     return 0

@@ -1,18 +1,24 @@
-"""Shared fixtures for the deployment tests: paths, real tools, rendered manifests."""
+"""Shared fixtures for the deployment tests: paths, real tools, rendered manifests.
+
+The Kubernetes manifests are rendered by the real kustomize, the one kubectl
+bundles (``kubectl kustomize``), once per session; a missing or too old kubectl
+fails the tests that need it with what to install.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.prometheus import require_binary
-
-from .kustomize import build
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,10 +56,55 @@ def kubernetes_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+#: kustomize v5 is the first with ``patches`` as the one patch field (the
+#: overlays use it with ``target``) and the one kubectl bundles since 1.27.
+KUSTOMIZE_MIN = (5, 0)
+
+KUBECTL_MISSING = (
+    "kubectl is not installed: tests/deploy renders examples/kubernetes with the real kustomize "
+    "(`kubectl kustomize`, kustomize v{min}+). Install kubectl 1.27 or newer: the `kubectl` package "
+    "of the Kubernetes project's apt repository or of the Google Cloud CLI's (CI's image has it "
+    "as /usr/bin/kubectl); Debian 12's kubernetes-client is 1.20 and too old"
+)
+
+
+class KustomizeBuildError(Exception):
+    """``kubectl kustomize`` refused a kustomization; the message is its stderr."""
+
+
 @pytest.fixture(scope="session")
-def rendered(kubernetes_tree: Path) -> dict[str, list[dict]]:
-    """What `kustomize build` gives for the base and every overlay."""
-    return {name: build(kubernetes_tree / name) for name in OVERLAYS}
+def kubectl() -> str:
+    """The path of a kubectl whose bundled kustomize is v5 or newer; fails (never skips) otherwise."""
+    minimum = ".".join(map(str, KUSTOMIZE_MIN))
+    path = shutil.which("kubectl")
+    if path is None:
+        pytest.fail(KUBECTL_MISSING.format(min=minimum), pytrace=False)
+    result = run_tool(path, "version", "--client", "--output=json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = json.loads(result.stdout).get("kustomizeVersion", "")
+    match = re.match(r"v(\d+)\.(\d+)", found)
+    if match is None or (int(match[1]), int(match[2])) < KUSTOMIZE_MIN:
+        pytest.fail(f"{path} bundles kustomize {found or 'of unknown version'}; " + KUBECTL_MISSING.format(min=minimum),
+                    pytrace=False)
+    return path
+
+
+def kustomize_build(kubectl: str, directory: Path) -> list[dict]:
+    """Render a kustomization directory with ``kubectl kustomize`` into a list of objects.
+
+    Raises KustomizeBuildError with kustomize's own message when it refuses the
+    directory (a missing file, a failed JSON 6902 ``test``).
+    """
+    result = run_tool(kubectl, "kustomize", str(directory))
+    if result.returncode != 0:
+        raise KustomizeBuildError(result.stderr.strip() or result.stdout.strip())
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+
+
+@pytest.fixture(scope="session")
+def rendered(kubectl: str, kubernetes_tree: Path) -> dict[str, list[dict]]:
+    """What `kubectl kustomize` gives for the base and every overlay, rendered once per session."""
+    return {name: kustomize_build(kubectl, kubernetes_tree / name) for name in OVERLAYS}
 
 
 def load_script(path: Path):

@@ -1,6 +1,6 @@
-"""examples/kubernetes, rendered as kustomize would and validated offline.
+"""examples/kubernetes, rendered by the real kustomize and validated offline.
 
-Every object of the base and of every overlay is validated against the
+``kubectl kustomize`` renders the base and every overlay (conftest.py). Every object of the base and of every overlay is validated against the
 Kubernetes OpenAPI schemas of two pinned versions (kubernetes-validate, strict:
 unknown fields are errors). The Prometheus Operator's CRDs are not in those
 schemas, so their structure is checked here field by field. Then the
@@ -21,8 +21,7 @@ import pytest
 import yaml
 
 from . import fluentbit
-from .conftest import KUBERNETES, OVERLAYS, REPO
-from .kustomize import KustomizeError, PatchError, apply_json6902, build, content_hash
+from .conftest import KUBERNETES, OVERLAYS, REPO, KustomizeBuildError, kustomize_build
 
 #: The oldest Kubernetes minor these manifests claim to support, and the newest
 #: schema kubernetes-validate ships. Both must accept every object.
@@ -46,47 +45,75 @@ def _env(container: dict) -> dict[str, dict]:
     return {e["name"]: e for e in container.get("env", [])}
 
 
-# --- the renderer itself -----------------------------------------------------------
+# --- what kustomize does with these files ------------------------------------------
 
 
-def test_content_hash_matches_kustomizes_published_vectors() -> None:
-    # Expected values from kustomize's api/hasher/hasher_test.go.
-    assert content_hash({"kind": "ConfigMap", "metadata": {"name": ""}}) == "6ct58987ht"
-    assert content_hash({"kind": "ConfigMap", "metadata": {"name": ""}, "data": {"one": ""}}) == "9g67k2htb6"
-    assert content_hash({"kind": "Secret", "type": "my-type", "metadata": {"name": ""}}) == "5gmgkf8578"
-    assert content_hash({"kind": "Secret", "type": "my-type", "metadata": {"name": ""}, "data": {"one": ""}}) == "74bd68bm66"
+def _tree(tmp_path: Path, shared_key: str | None = "shared-key=test-key-0123456789abcdef\n") -> Path:
+    """A private copy of examples/kubernetes for a test that edits it."""
+    root = tmp_path / "kubernetes"
+    shutil.copytree(KUBERNETES, root, ignore=shutil.ignore_patterns("shared-key.env"))
+    if shared_key is not None:
+        (root / "base" / "shared-key.env").write_text(shared_key, encoding="utf-8")
+    return root
 
 
-def test_json6902_operations() -> None:
-    doc = {"a": {"b": [1, 2]}, "c": "x"}
-    out = apply_json6902(doc, [
-        {"op": "add", "path": "/a/b/-", "value": 3},
-        {"op": "replace", "path": "/c", "value": "y"},
-        {"op": "remove", "path": "/a/b/0"},
-        {"op": "test", "path": "/a/b", "value": [2, 3]},
-        {"op": "copy", "from": "/c", "path": "/d"},
-        {"op": "move", "from": "/d", "path": "/e~1f"},
-    ])
-    assert out == {"a": {"b": [2, 3]}, "c": "y", "e/f": "y"}
-    assert doc == {"a": {"b": [1, 2]}, "c": "x"}, "the input must not be modified"
-    with pytest.raises(PatchError):
-        apply_json6902(doc, [{"op": "test", "path": "/c", "value": "nope"}])
-    with pytest.raises(PatchError):
-        apply_json6902(doc, [{"op": "replace", "path": "/missing", "value": 1}])
-    with pytest.raises(PatchError):
-        apply_json6902(doc, [{"op": "remove", "path": "/a/b/5"}])
+def test_build_fails_without_the_users_shared_key(kubectl: str, tmp_path: Path) -> None:
+    # The base must not deploy a known key: with no shared-key.env there is nothing to apply.
+    root = _tree(tmp_path, shared_key=None)
+    for overlay in OVERLAYS:
+        with pytest.raises(KustomizeBuildError, match="shared-key.env"):
+            kustomize_build(kubectl, root / overlay)
 
 
-def test_renderer_refuses_fields_it_does_not_implement(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text("resources: []\ncommonLabels: {a: b}\n")
-    with pytest.raises(KustomizeError, match="commonLabels"):
-        build(tmp_path)
+def test_a_changed_config_file_rolls_the_pods(kubectl: str, rendered: dict, tmp_path: Path) -> None:
+    """The generated ConfigMap's name carries a hash of its content, and the pod template follows it.
+
+    That is why the kustomization generates the ConfigMaps: `kubectl apply` of a
+    changed qwen-fluent.toml gives the DaemonSet a new pod template, so the pods
+    restart on the new file instead of keeping the old one.
+    """
+    root = _tree(tmp_path)
+    toml = root / "base" / "qwen-fluent.toml"
+    toml.write_text(toml.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
+    before = rendered["base"]
+    after = kustomize_build(kubectl, root / "base")
+
+    def config_names(objects: list[dict]) -> tuple[str, set[str]]:
+        (configmap,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("qwen-fluent-config-")]
+        volumes = _one(objects, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
+        return configmap["metadata"]["name"], {v["configMap"]["name"] for v in volumes if "configMap" in v}
+
+    old_name, old_refs = config_names(before)
+    new_name, new_refs = config_names(after)
+    assert re.fullmatch(r"qwen-fluent-config-[a-z0-9]{10}", new_name)
+    assert new_name != old_name, "the ConfigMap's name must change with its content"
+    assert old_name in old_refs and new_name in new_refs and old_name not in new_refs
 
 
-def test_build_fails_without_the_users_shared_key(tmp_path: Path) -> None:
-    shutil.copytree(KUBERNETES, tmp_path / "k", ignore=shutil.ignore_patterns("shared-key.env"))
-    with pytest.raises(KustomizeError, match="shared-key.env"):
-        build(tmp_path / "k" / "base")
+def test_the_runtime_overlay_refuses_a_base_it_was_not_written_for(kubectl: str, tmp_path: Path) -> None:
+    # nvidia-default-runtime removes runtimeClassName only after a JSON 6902 `test`
+    # that it is "nvidia": a base that changes it must fail the build, not be patched blindly.
+    root = _tree(tmp_path)
+    daemonset = root / "base" / "daemonset.yaml"
+    text = daemonset.read_text(encoding="utf-8")
+    assert text.count("runtimeClassName: nvidia") == 1
+    daemonset.write_text(text.replace("runtimeClassName: nvidia", "runtimeClassName: nvidia-cdi"), encoding="utf-8")
+    kustomize_build(kubectl, root / "base")
+    with pytest.raises(KustomizeBuildError, match="test failed"):
+        kustomize_build(kubectl, root / "overlays" / "nvidia-default-runtime")
+
+
+def test_the_per_process_overlay_patches_the_receiver_container(kubectl: str, tmp_path: Path) -> None:
+    # per-process-gpu mounts /var/log into containers/0 after testing that it is qwen-fluent.
+    root = _tree(tmp_path)
+    daemonset = root / "base" / "daemonset.yaml"
+    document = yaml.safe_load(daemonset.read_text(encoding="utf-8"))
+    containers = document["spec"]["template"]["spec"]["containers"]
+    assert containers[0]["name"] == "qwen-fluent"
+    containers.reverse()
+    daemonset.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    with pytest.raises(KustomizeBuildError, match="test failed"):
+        kustomize_build(kubectl, root / "overlays" / "per-process-gpu")
 
 
 # --- schema validation ---------------------------------------------------------------
