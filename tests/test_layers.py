@@ -11,6 +11,7 @@ what it may import besides itself):
     __init__ (qwen_fluent/__init__.py)  nothing of ours
     forward, records, gpu, stats         qwen_fluent.__version__ only
     metrics                              forward, records, gpu, stats, __version__
+    analysis (analyze: logs offline)     forward, records, gpu, stats, __version__ (the floor of metrics)
     server                               the bottom floor + metrics (the /metrics endpoint renders its exposition)
     pipeline, stdout                     the bottom floor + metrics
     config (the app config)              the bottom floor + metrics + ServerConfig from server
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 INIT = "__init__"
 
 BOTTOM = frozenset({"forward", "records", "gpu", "stats"})
-EVERYTHING = frozenset({INIT, *BOTTOM, "metrics", "server", "pipeline", "stdout", "config", "app", "workers", "cli",
+EVERYTHING = frozenset({INIT, *BOTTOM, "metrics", "analysis", "server", "pipeline", "stdout", "config", "app", "workers", "cli",
                         "__main__"})
 
 #: Importing part -> the parts it may import (besides itself). Mirrors the module docstring.
@@ -48,6 +49,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     INIT: frozenset(),
     **{part: frozenset({INIT}) for part in BOTTOM},
     "metrics": BOTTOM | {INIT},
+    "analysis": BOTTOM | {INIT},
     "server": BOTTOM | {INIT, "metrics"},
     "pipeline": BOTTOM | {INIT, "metrics"},
     "stdout": BOTTOM | {INIT, "metrics"},
