@@ -13,6 +13,7 @@ what it may import besides itself):
     metrics                              forward, records, gpu, stats, __version__
     analysis (analyze: logs offline)     forward, records, gpu, stats, __version__ (the floor of metrics)
     server                               the bottom floor + metrics (the /metrics endpoint renders its exposition)
+    client (a Forward client: send, demo) the bottom floor + metrics, as the server it talks to
     pipeline, stdout                     the bottom floor + metrics
     config (the app config)              the bottom floor + metrics + ServerConfig from server
     app                                  anything but cli and __main__
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 INIT = "__init__"
 
 BOTTOM = frozenset({"forward", "records", "gpu", "stats"})
-EVERYTHING = frozenset({INIT, *BOTTOM, "metrics", "analysis", "server", "pipeline", "stdout", "config", "app", "workers", "cli",
+EVERYTHING = frozenset({INIT, *BOTTOM, "metrics", "analysis", "server", "client", "pipeline", "stdout", "config", "app", "workers", "cli",
                         "__main__"})
 
 #: Importing part -> the parts it may import (besides itself). Mirrors the module docstring.
@@ -51,6 +52,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "metrics": BOTTOM | {INIT},
     "analysis": BOTTOM | {INIT},
     "server": BOTTOM | {INIT, "metrics"},
+    "client": BOTTOM | {INIT, "metrics"},
     "pipeline": BOTTOM | {INIT, "metrics"},
     "stdout": BOTTOM | {INIT, "metrics"},
     "config": BOTTOM | {INIT, "metrics"},

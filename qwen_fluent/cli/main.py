@@ -25,6 +25,7 @@ from ..config import ENV_PREFIX, ConfigError, load
 #: imports at module level, the parser is built on every call) and
 #: ``run(args) -> int``. One line here adds a command.
 COMMANDS: dict[str, str] = {
+    "send": ".send",
     "analyze": ".analyze",
 }
 
@@ -37,6 +38,7 @@ and turns LLM inference-server logs into Prometheus metrics on /metrics.
   qwen-fluent serve --config qwen-fluent.toml
   qwen-fluent gpu                        one-screen table of the GPUs (NVML)
   qwen-fluent check-config FILE          validate a config file and exit
+  qwen-fluent send FILE...               replay log files over Forward, as Fluent Bit would
   qwen-fluent analyze FILE...            latency, QPS and token percentiles of a log file
 """
 
