@@ -9,7 +9,8 @@ own package. Floors, bottom up, one per line (left: the importing part; right:
 what it may import besides itself):
 
     __init__ (qwen_fluent/__init__.py)  nothing of ours
-    forward, records, gpu, stats         qwen_fluent.__version__ only
+    forward, records, gpu, stats,        qwen_fluent.__version__ only
+    instrument (in the inference server)
     metrics                              forward, records, gpu, stats, __version__
     analysis (analyze: logs offline)     forward, records, gpu, stats, __version__ (the floor of metrics)
     server                               the bottom floor + metrics (the /metrics endpoint renders its exposition)
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 #: The part of the package that holds ``__version__`` (``qwen_fluent/__init__.py``).
 INIT = "__init__"
 
-BOTTOM = frozenset({"forward", "records", "gpu", "stats"})
+BOTTOM = frozenset({"forward", "records", "gpu", "stats", "instrument"})
 EVERYTHING = frozenset({INIT, *BOTTOM, "metrics", "analysis", "server", "client", "pipeline", "stdout", "config", "app", "workers", "cli",
                         "__main__"})
 
@@ -285,7 +286,7 @@ def test_the_app_config_may_take_the_server_config_type_and_nothing_else_of_the_
     assert v.target == "qwen_fluent.server.ForwardServer" and "server.ServerConfig" in v.why
 
 
-@pytest.mark.parametrize("module", ["qwen_fluent.instrument", "qwen_fluent.newthing.x"])
+@pytest.mark.parametrize("module", ["qwen_fluent.exporter", "qwen_fluent.newthing.x"])
 def test_a_part_with_no_floor_is_a_failure_not_a_pass(module: str) -> None:
     parts = EVERYTHING | {module.split(".")[1]}
     v = _one("from qwen_fluent.forward import Message\n", module, parts=parts)
