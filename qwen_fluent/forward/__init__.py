@@ -25,7 +25,7 @@ from .events import (
 )
 from .handshake import AuthConfig
 from .limits import Limits
-from .packed import decode_record, is_map, split_packed
+from .packed import decode_record, entry_seconds, is_map, split_packed
 
 __all__ = [
     "NEED_DATA",
@@ -45,6 +45,7 @@ __all__ = [
     "State",
     "decode_packed",
     "decode_record",
+    "entry_seconds",
     "is_map",
     "split_packed",
 ]

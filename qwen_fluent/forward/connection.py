@@ -29,6 +29,7 @@ failed to take is never acknowledged, and the client resends it.
 from __future__ import annotations
 
 import enum
+import itertools
 import os
 from typing import Any, Callable
 
@@ -40,6 +41,7 @@ from .errors import (
     ForwardError,
     MessageTooLarge,
     TruncatedMessage,
+    UnauthenticatedTooLarge,
 )
 from .events import (
     NEED_DATA,
@@ -54,6 +56,12 @@ from .events import (
 )
 from .handshake import AuthConfig, ServerHandshake
 from .limits import Limits
+from .sniff import HEAD_BYTES, check_frame, sniff_protocol
+
+#: A message larger than this, once decoded, makes the connection start a new
+#: msgpack buffer (see _next_object): 1 MiB, so that Fluent Bit's usual small
+#: chunks keep theirs and only large ones pay the (tiny) cost.
+_RELEASE_AFTER = 1024 * 1024
 
 #: How much of the pending input is handed to msgpack at a time. Feeding in
 #: steps keeps msgpack's own buffer (and so memory) bounded however much the
@@ -69,6 +77,10 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+#: Connection numbers, unique within the process (``Message.connection``).
+_connection_ids = itertools.count(1)
+
+
 class ForwardConnection:
     """The receiving side of one Forward connection (TCP, TLS or Unix socket)."""
 
@@ -81,18 +93,29 @@ class ForwardConnection:
         defer_packed: bool = False,
     ) -> None:
         self.limits = limits or Limits()
+        #: This connection's number, unique within the process: the server stamps it on every
+        #: Message it hands on (``Message.connection``), so consumers can tell connections apart.
+        self.id = next(_connection_ids)
         #: Leave PackedForward entries undecoded (``Message.payload``) for a
         #: consumer with its own typed decoder; see ``decode_packed``.
         self.defer_packed = defer_packed
         self._budget = ObjectBudget(self.limits.max_objects)
-        self._unpacker = msgpack.Unpacker(
-            max_buffer_size=self.limits.max_message_bytes + _FEED_STEP,
-            **unpacker_options(self.limits, self._budget),
-        )
+        self._unpacker = self._new_unpacker()
+        self._base = 0  # stream offset where the current unpacker's input began (its tell() counts from here)
+        #: No message this small can break a size limit, authenticated or not.
+        self._small_limit = min(self.limits.max_message_bytes, self.limits.max_unauthenticated_bytes)
         self._pending = bytearray()  # received, not yet fed to msgpack
         self._fed = 0  # total bytes fed to msgpack
         self._message_start = 0  # stream offset where the current message began
         self._eof = False
+        # The last step fed to msgpack and its stream offset, and the first
+        # bytes of the message being received (see _check_head).
+        self._step = b""
+        self._step_at = 0
+        self._head = b""
+        self._head_start = -1
+        self._head_done = False
+        self._sniffed = False
         self._out = bytearray()
         self._handshake: ServerHandshake | None = None
         self.peer_hostname = ""
@@ -103,6 +126,12 @@ class ForwardConnection:
             self.state = State.AWAITING_PING
         else:
             self.state = State.OPEN
+
+    def _new_unpacker(self) -> msgpack.Unpacker:
+        return msgpack.Unpacker(
+            max_buffer_size=self.limits.max_message_bytes + _FEED_STEP,
+            **unpacker_options(self.limits, self._budget),
+        )
 
     # -- input ---------------------------------------------------------------
 
@@ -151,19 +180,63 @@ class ForwardConnection:
             # The next message starts with the whole object budget.
             self._budget.reset()
 
+    def _message_limit(self) -> tuple[int, type[ForwardError]]:
+        """The most bytes the current message may have, and what exceeding it raises."""
+        if self.state is State.AWAITING_PING:
+            return self.limits.max_unauthenticated_bytes, UnauthenticatedTooLarge
+        return self.limits.max_message_bytes, MessageTooLarge
+
+    def _check_head(self, limit: int, too_large: type[ForwardError]) -> None:
+        """Check the declared lengths at the start of the message being received (:func:`check_frame`).
+
+        Runs when msgpack needs more bytes, before the next step is fed, so a
+        header declaring more than a limit is refused with at most one step
+        (256 KiB) of its body buffered. Keeps the first :data:`HEAD_BYTES`
+        bytes of the message from the steps fed so far; every step is fed
+        right after this ran, so none is missed.
+        """
+        start = self._message_start
+        if self._head_start != start:
+            self._head_start = start
+            self._head = b""
+            self._head_done = False
+        if self._head_done:
+            return
+        have = start + len(self._head)  # stream offset the kept head reaches
+        if have < self._fed and len(self._head) < HEAD_BYTES:
+            lo = have - self._step_at
+            self._head += self._step[lo: lo + HEAD_BYTES - len(self._head)]
+        head = self._head
+        if len(head) < HEAD_BYTES and self._pending:
+            head += bytes(self._pending[: HEAD_BYTES - len(head)])
+        check_frame(head, self.limits, limit, too_large)
+        if len(self._head) >= HEAD_BYTES:
+            self._head_done = True
+
     def _next_object(self) -> tuple[Any, int]:
         unpacker = self._unpacker
-        limit = self.limits.max_message_bytes
         while True:
             try:
                 obj = unpacker.unpack()
             except msgpack.OutOfData:
+                limit, too_large = self._message_limit()
                 if self._fed - self._message_start > limit:
-                    raise MessageTooLarge(f"message is larger than {limit} bytes") from None
+                    raise too_large(f"message is larger than {limit} bytes") from None
+                if not self._sniffed:
+                    # The first bytes of the stream: an HTTP client or a TLS ClientHello is named as such.
+                    if not sniff_protocol(bytes(self._pending[:16]), self._eof):
+                        return NEED_DATA, 0
+                    self._sniffed = True
+                self._check_head(limit, too_large)
                 if self._pending:
-                    step = bytes(self._pending[:_FEED_STEP])
-                    del self._pending[:_FEED_STEP]
+                    size = _FEED_STEP
+                    if too_large is UnauthenticatedTooLarge:  # before the PING: never feed past the limit
+                        size = min(size, limit + 1 - (self._fed - self._message_start))
+                    step = bytes(self._pending[:size])
+                    del self._pending[:size]
                     unpacker.feed(step)
+                    self._step = step
+                    self._step_at = self._fed
                     self._fed += len(step)
                     continue
                 if self._eof:
@@ -172,16 +245,27 @@ class ForwardConnection:
                             f"stream closed {self._fed - self._message_start} bytes into a message"
                         ) from None
                     return _END, 0
+                self._step = b""  # everything fed is consumed or kept in _head: the step is not needed
                 return NEED_DATA, 0
             except ForwardError:
                 raise  # the object budget's own error, raised from inside msgpack's hooks
             except Exception as exc:  # msgpack raises several unrelated types on bad input
                 raise translate_msgpack_error(exc) from None
-            end = unpacker.tell()
+            end = self._base + unpacker.tell()
             nbytes = end - self._message_start
             self._message_start = end
-            if nbytes > limit:
-                raise MessageTooLarge(f"message of {nbytes} bytes is larger than {limit} bytes")
+            if nbytes > self._small_limit:  # only a large message, or any before the PING, looks further
+                limit, too_large = self._message_limit()
+                if nbytes > limit:
+                    raise too_large(f"message of {nbytes} bytes is larger than {limit} bytes")
+            if end == self._fed:
+                self._step = b""  # the next message starts in bytes not fed yet: release the copy now
+                if nbytes > _RELEASE_AFTER:
+                    # msgpack's buffer grows to the largest message and never shrinks: a connection
+                    # that once carried 8 MiB would hold 8 MiB while idle. Nothing is left in it, so a
+                    # new one (about a microsecond) gives the memory back.
+                    self._unpacker = unpacker = self._new_unpacker()
+                    self._base = end
             return obj, nbytes
 
     def _dispatch(self, obj: Any, nbytes: int) -> Event:

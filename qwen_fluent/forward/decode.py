@@ -10,6 +10,7 @@ a time (int, float, ext 0) Message ``[tag, time, record, option?]``
 an array of entries        Forward ``[tag, [[time, record], ...], option?]``
 str or bin                 PackedForward (entries packed back to back),
                            CompressedPackedForward if ``compressed: gzip``
+                           or ``compressed: zstd``
 =========================  ==========================================
 
 A time may also be Fluent Bit's metadata form ``[time, {metadata}]`` (Fluent
@@ -17,6 +18,13 @@ Bit 4.x with ``Retain_Metadata_In_Forward_Mode``, the default in 5.x). A
 Message whose time is in that form has an array as second element too; it is
 told from Forward mode by the first item of that array being a time, not an
 entry.
+
+Fluent Bit 3+ frames groups of records (OpenTelemetry resources and
+scopes) with marker entries whose EventTime seconds are -1 (start) and -2
+(end) as int32, 0xFFFFFFFF and 0xFFFFFFFE on the wire (``flb_log_event_encoder``'s
+group start and end). A marker is not a record: :func:`ext_hook` turns its
+time into a :class:`GroupMarker` and :func:`decode_entries` leaves it out and
+counts it (``Message.group_markers``).
 
 Two kinds of trouble are kept apart. A message whose frame is wrong (not an
 array, tag not a string, option not a map, payload not msgpack or not gzip)
@@ -34,7 +42,7 @@ from typing import Any
 
 import msgpack
 
-from .compression import gunzip
+from .compression import gunzip, unzstd
 from .errors import (
     BadCompression,
     ContainerTooLarge,
@@ -48,10 +56,35 @@ from .events import Entry, Message, Mode, SkippedMessage
 from .limits import Limits
 
 _EVENT_TIME = struct.Struct(">II")
+_new_tuple = tuple.__new__
+
+#: What one ext value other than an EventTime costs the object budget. Building
+#: one costs about ten times a map or an array, and real records carry none
+#: (Fluentd and Fluent Bit use ext type 0, the EventTime, only); so a message
+#: may hold at most ``max_objects / 10`` of them, and a gzip of 3-byte fixext
+#: values stops after a tenth of a second of decoding, not seconds.
+EXT_COST = 10
+
+#: EventTime seconds of Fluent Bit's group markers: -2 (group end) and -1
+#: (group start) as int32, read as uint32. Seconds at or past the lower one
+#: (year 2106) are markers.
+GROUP_END_SECONDS = 0xFFFFFFFE
+GROUP_START_SECONDS = 0xFFFFFFFF
+
+
+class GroupMarker(float):
+    """The time of a Fluent Bit group marker entry: -1.0 (start) or -2.0 (end). Never a record's time."""
+
+    __slots__ = ()
+
 
 #: What a decoded time can be: int or float seconds, EventTime (already a float, see
-#: ext_hook) or a msgpack Timestamp. A bool is not one (``type(True) is bool``).
-_TIME_TYPES = (float, int, msgpack.Timestamp)
+#: ext_hook), a group marker, or a msgpack Timestamp. A bool is not one (``type(True) is bool``).
+_TIME_TYPES = (float, int, msgpack.Timestamp, GroupMarker)
+
+#: The key under which decode_entries counts group markers in its ``invalid``
+#: dict; :func:`take_markers` moves them out before the dict is reported.
+GROUP_MARKER = "group_marker"
 
 #: Reasons an entry is counted as invalid (label values of the ``invalid`` outcome).
 INVALID_ENTRY = "entry_not_pair"
@@ -63,20 +96,27 @@ def ext_hook(code: int, data: bytes) -> Any:
     """Turn Fluentd's EventTime (ext type 0: uint32 seconds, uint32 nanoseconds) into float seconds."""
     if code == 0 and len(data) == 8:
         sec, nsec = _EVENT_TIME.unpack(data)
+        if sec >= GROUP_END_SECONDS:
+            return GroupMarker(sec - (1 << 32))
         return sec + nsec / 1e9
-    return msgpack.ExtType(code, data)
+    # msgpack.ExtType(code, data) checks both types in Python (about 3 us); msgpack already
+    # guarantees them, so the tuple is built directly (the same type and value, a tenth the cost).
+    return _new_tuple(msgpack.ExtType, (code, data))
 
 
 class ObjectBudget:
-    """Counts the maps and arrays decoded for one message, and stops at ``Limits.max_objects``.
+    """Counts the maps, arrays and ext values decoded for one message, and stops at ``Limits.max_objects``.
 
     Byte limits alone do not bound memory: an empty map is one byte on the
     wire and a 64-byte dict in Python, so a hostile message costs about 75
     times its size (measured with tracemalloc, docs/forward.md). Counting
     containers through msgpack's ``object_hook``/``list_hook`` caps that part
     of the cost at about ``max_objects x 72`` bytes, for a few percent of
-    decode time. The count covers a packed payload too, and is reset between
-    messages by the connection.
+    decode time. Ext values count too (through ``ext_hook``): a 3-byte
+    fixext becomes an ``ExtType`` of about 100 bytes, and a 7.3 KB gzip of
+    them expanding to 8 MiB took 3.6 s of event loop and 282 MB (issue 10);
+    a real message has one (its EventTime) per entry. The count covers a
+    packed payload too, and is reset between messages by the connection.
     """
 
     __slots__ = ("limit", "remaining")
@@ -91,8 +131,27 @@ class ObjectBudget:
     def hook(self, obj: Any) -> Any:
         self.remaining -= 1
         if self.remaining < 0:
-            raise TooManyObjects(f"message decodes to more than {self.limit} maps and arrays")
+            raise TooManyObjects(f"message decodes to more than {self.limit} maps, arrays and ext values")
         return obj
+
+    def ext_hook(self, code: int, data: bytes) -> Any:
+        """:func:`ext_hook`, counted: an EventTime as one object, any other ext as :data:`EXT_COST`.
+
+        The EventTime case is :func:`ext_hook`'s own, inlined: it runs once per
+        entry, and a second Python call there costs a few percent of decoding.
+        """
+        if code == 0 and len(data) == 8:
+            self.remaining -= 1
+            if self.remaining < 0:
+                raise TooManyObjects(f"message decodes to more than {self.limit} maps, arrays and ext values")
+            sec, nsec = _EVENT_TIME.unpack(data)
+            if sec >= GROUP_END_SECONDS:
+                return GroupMarker(sec - (1 << 32))
+            return sec + nsec / 1e9
+        self.remaining -= EXT_COST
+        if self.remaining < 0:
+            raise TooManyObjects(f"message decodes to more than {self.limit} maps, arrays and ext values")
+        return _new_tuple(msgpack.ExtType, (code, data))
 
 
 def unpacker_options(limits: Limits, budget: ObjectBudget | None = None) -> dict[str, Any]:
@@ -104,16 +163,15 @@ def unpacker_options(limits: Limits, budget: ObjectBudget | None = None) -> dict
     with integer keys is odd but valid msgpack, not a reason to drop a connection.
     ``budget`` counts maps and arrays (see :class:`ObjectBudget`).
     """
-    hooks: dict[str, Any] = {}
+    hooks: dict[str, Any] = {"ext_hook": ext_hook}
     if budget is not None:
-        hooks = {"object_hook": budget.hook, "list_hook": budget.hook}
+        hooks = {"object_hook": budget.hook, "list_hook": budget.hook, "ext_hook": budget.ext_hook}
     return dict(
         hooks,
         raw=False,
         use_list=True,
         strict_map_key=False,
         unicode_errors="surrogateescape",
-        ext_hook=ext_hook,
         max_str_len=limits.max_str_bytes,
         max_bin_len=limits.max_str_bytes,
         max_array_len=limits.max_array_len,
@@ -171,12 +229,20 @@ def decode_entries(items: list[Any], invalid: dict[str, int]) -> list[Entry]:
         metadata = None
         if tt is list and len(t) == 2 and type(t[1]) is dict:
             t, metadata = t
+        if type(t) is GroupMarker:
+            invalid[GROUP_MARKER] = invalid.get(GROUP_MARKER, 0) + 1
+            continue
         seconds = _time(t)
         if seconds is None:
             invalid[INVALID_TIME] = invalid.get(INVALID_TIME, 0) + 1
             continue
         append(Entry(seconds, record, metadata))
     return entries
+
+
+def take_markers(invalid: dict[str, int]) -> int:
+    """Remove the group markers :func:`decode_entries` counted in ``invalid``; return how many."""
+    return invalid.pop(GROUP_MARKER, 0)
 
 
 def _packed_entries(
@@ -278,8 +344,8 @@ def decode_message(
         compressed = options.get("compressed")
         mode = Mode.PACKED_FORWARD
         if compressed is not None and compressed != "text":
-            if compressed != "gzip":
-                raise BadCompression(f"unsupported compression {compressed!r} (only gzip is defined)")
+            if compressed != "gzip" and compressed != "zstd":
+                raise BadCompression(f"unsupported compression {compressed!r} (gzip and zstd are known)")
             mode = Mode.COMPRESSED_PACKED_FORWARD
     elif is_message:
         mode = Mode.MESSAGE
@@ -313,19 +379,31 @@ def decode_message(
     else:
         payload = second.encode("utf-8", "surrogateescape") if kind is str else second
         if mode is Mode.COMPRESSED_PACKED_FORWARD:
-            payload = gunzip(payload, limits.max_decompressed_bytes)
+            if options["compressed"] == "zstd":
+                payload = unzstd(payload, limits.max_decompressed_bytes)
+            else:
+                payload = gunzip(payload, limits.max_decompressed_bytes)
         if defer_packed:
             return Message(tag, [], mode, chunk, options, nbytes, invalid, payload)
         entries = decode_entries(_packed_entries(payload, limits, invalid, budget), invalid)
-    return Message(tag, entries, mode, chunk, options, nbytes, invalid)
+    return Message(tag, entries, mode, chunk, options, nbytes, invalid, None, take_markers(invalid))
 
 
 def _containers(obj: Any) -> int:
-    """Maps and arrays in ``obj``, itself included (what ObjectBudget counted for it)."""
-    if type(obj) is dict:
+    """Maps, arrays and ext values in ``obj``, itself included (what ObjectBudget counted for it).
+
+    An EventTime in an option map became a float and is not told from one:
+    the count is then short by one per such value, in the client's favour.
+    """
+    t = type(obj)
+    if t is dict:
         return 1 + sum(_containers(k) + _containers(v) for k, v in obj.items())
-    if type(obj) is list:
+    if t is list:
         return 1 + sum(_containers(v) for v in obj)
+    if t is msgpack.ExtType:
+        return EXT_COST
+    if t is GroupMarker:
+        return 1
     return 0
 
 
@@ -345,4 +423,4 @@ def decode_packed(message: Message, limits: Limits) -> Message:
     budget.remaining -= 1 + _containers(message.options) if message.options else 1
     items = _packed_entries(message.payload, limits, invalid, budget)
     entries = decode_entries(items, invalid)
-    return message._replace(entries=entries, invalid=invalid, payload=None)
+    return message._replace(entries=entries, invalid=invalid, payload=None, group_markers=take_markers(invalid))

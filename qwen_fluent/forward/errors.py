@@ -64,9 +64,43 @@ class NestingTooDeep(LimitExceeded):
 
 
 class BadCompression(ForwardError):
-    """``compressed: gzip`` but the payload is not valid gzip, or another codec was named."""
+    """``compressed: gzip`` or ``zstd`` but the payload is not valid in that codec, or another codec was named."""
 
     reason = "bad_compression"
+
+
+class WrongProtocol(ForwardError):
+    """The peer does not speak Forward at all on this port (base class; never raised itself)."""
+
+    reason = "wrong_protocol"
+
+
+class HttpOnForwardPort(WrongProtocol):
+    """The first bytes are an HTTP request (``GET /``, ``POST /``, ...): an HTTP client, or a
+    Fluent Bit ``http`` output, pointed at the Forward port."""
+
+    reason = "http_on_forward_port"
+
+
+class TlsOnPlainPort(WrongProtocol):
+    """The first bytes are a TLS ClientHello: the client has ``tls on`` and this port serves plain Forward."""
+
+    reason = "tls_on_plain_port"
+
+
+class PlainOnTlsPort(WrongProtocol):
+    """Plain bytes (not a TLS record) on a port that serves TLS: the client has ``tls off``.
+
+    Raised by no core code (the TLS layer sits in front of it); the server counts it under this reason.
+    """
+
+    reason = "plain_on_tls_port"
+
+
+class UnauthenticatedTooLarge(LimitExceeded):
+    """More than ``Limits.max_unauthenticated_bytes`` arrived before the PING verified."""
+
+    reason = "unauthenticated_too_large"
 
 
 class AuthenticationRequired(ForwardError):
@@ -109,6 +143,11 @@ REASONS = tuple(
                 TooManyObjects,
                 NestingTooDeep,
                 BadCompression,
+                WrongProtocol,
+                HttpOnForwardPort,
+                TlsOnPlainPort,
+                PlainOnTlsPort,
+                UnauthenticatedTooLarge,
                 AuthenticationRequired,
                 AuthenticationFailed,
                 ConnectionClosedError,

@@ -65,6 +65,17 @@ class Message(NamedTuple):
     #: is then empty until :func:`~qwen_fluent.forward.decode_packed` (or a
     #: typed decoder of the consumer's) reads it. ``None`` otherwise.
     payload: bytes | None = None
+    #: Fluent Bit group markers skipped in this message: entries whose
+    #: EventTime seconds are -1 (group start) or -2 (group end) as int32. They
+    #: carry a group's metadata and attributes, never a record; they are left
+    #: out of ``entries`` and counted here (``records_total{outcome="group_marker"}``).
+    group_markers: int = 0
+    #: The connection it came on: a number unique within the process
+    #: (:attr:`ForwardConnection.id`), so that a consumer can tell a client's
+    #: resend on a new connection (a retry after a lost ack) from an identical
+    #: message on the same one (two chunks that happen to carry the same
+    #: records). ``None`` where no connection made it (tests, other inputs).
+    connection: int | None = None
 
 
 class SkippedMessage(NamedTuple):

@@ -5,7 +5,11 @@ from the configuration file (``[limits]`` section) or the command line. Each
 default says why it is what it is. The core (:mod:`.connection`) enforces the
 message-level limits; the asyncio server enforces the connection-level ones.
 
-Memory: buffered input is at most ``max_connections x max_message_bytes``.
+Memory: buffered input is at most ``max_connections x max_message_bytes``
+for authenticated (or, without a shared key, all) connections, and
+``max_unauthenticated_connections x max_unauthenticated_bytes`` for the
+rest; one source address holds at most ``max_connections_per_address`` of
+the slots. The ``docs/security.md`` page has the threat model.
 Messages are decoded one at a time on the event loop. Decoding real records
 costs a few times their size; hostile input costs more, because small msgpack
 values become large Python objects. Containers are the worst (an empty map:
@@ -79,6 +83,13 @@ class Limits:
     #: peers, including one that stalls in the middle of a message.
     idle_timeout: float = 300.0
 
+    #: Seconds a whole message has to arrive, from its first byte to its last.
+    #: The idle timeout alone restarts at every byte, so a peer trickling one
+    #: byte every few seconds (slow-loris) held its connection forever. 60 s
+    #: lets an 8 MiB message arrive over a 1.2 Mbit/s link; a Fluent Bit on the
+    #: cluster network sends its 2 MB chunks in milliseconds.
+    message_deadline: float = 60.0
+
     #: Seconds a client has to send a valid PING after our HELO. Fluentd's
     #: in_forward closes unauthenticated connections on the first bad message;
     #: a silent one is closed after this.
@@ -89,6 +100,38 @@ class Limits:
     #: default); 256 allows many Fluent Bits (an aggregator setup) while staying
     #: well under the common 1024 open-files limit.
     max_connections: int = 256
+
+    #: Most bytes a connection may send before its PING verified (shared key
+    #: on). A PING is six short strings: hostname, 16-byte salt, 128-hex-digit
+    #: SHA-512 digest, user name, password digest, about 300 bytes with a long
+    #: hostname. 4 KiB takes any real one; without this, an unauthenticated
+    #: peer could make the receiver buffer ``max_message_bytes`` (8 MiB) per
+    #: connection before a single check (issue 10: 250 such peers, 1.9 GB).
+    max_unauthenticated_bytes: int = 4 * KiB
+
+    #: Most connections waiting for their PING at once (shared key on). They
+    #: draw from this pool as well as from ``max_connections``; when it is
+    #: full, the one that has waited longest is closed to make room (reason
+    #: ``unauthenticated_evicted``), so idle attackers cannot keep real clients
+    #: out, which send their PING within a round trip of the HELO.
+    max_unauthenticated_connections: int = 32
+
+    #: Most connections open at once from one source address (TCP and TLS; a
+    #: Unix socket peer is local and not limited by this). A node's Fluent Bit
+    #: opens one per output worker (2 by default); 32 leaves room for an
+    #: aggregator with many workers, while one address can no longer take all
+    #: ``max_connections`` slots (issue 10: 1000 idle connections did).
+    max_connections_per_address: int = 32
+
+    #: Most bytes all connections together may hold in partial messages. When
+    #: a read takes the total past it, the connection holding the largest
+    #: partial message is closed (reason ``memory_budget``; not acked, so a
+    #: real client resends). A node's Fluent Bit has a chunk or two of about
+    #: 2 MB in flight; 128 MiB holds 16 messages of the 8 MiB maximum at
+    #: once, and keeps buffers, the process (about 45 MiB) and one hostile
+    #: decode (about 170 MB, docs/forward.md) inside the DaemonSet's 512 MiB
+    #: (issue 10: 64 peers holding 7.9 MB each took it to 578 MiB).
+    max_buffered_bytes: int = 128 * MiB
 
     #: Bytes read from a socket at a time. 256 KiB keeps the per-read Python
     #: overhead negligible without holding large buffers per connection.

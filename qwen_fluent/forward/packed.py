@@ -13,7 +13,9 @@ specially, so that the caller decodes that payload the reference way and
 gets the reference's result, errors and counts included: an entry that is
 not a ``[time, record]`` pair, a time that is not an int, a float or an
 EventTime (ext 0 of 8 bytes), alone or in Fluent Bit's ``[time, {metadata}]``
-form, a payload cut short, more than ``max_array_len`` entries. A record
+form, a Fluent Bit group marker (EventTime seconds -1 or -2 as int32: the
+reference skips and counts it), a payload cut short, more than
+``max_array_len`` entries. A record
 that is not a map is the caller's to notice (:func:`is_map`): its typed
 decoder refuses it anyway, and only refused records need the check. Values the typed decoder never reads are never
 materialised, so the limits that exist to bound the general decoder's memory
@@ -30,7 +32,8 @@ from typing import Any, Union
 import msgpack
 import msgspec
 
-from .decode import translate_msgpack_error, unpacker_options
+from .decode import ObjectBudget, translate_msgpack_error, unpacker_options
+from .errors import ForwardError
 from .limits import Limits
 
 _Ext = msgspec.msgpack.Ext
@@ -66,24 +69,47 @@ def _count(payload: bytes) -> int:
         return n
 
 
-def _times_are_plain(items: list[tuple[Any, Any]]) -> bool:
-    """Every time an int, a float or an EventTime, alone or as the first of Fluent Bit's pair.
+#: The first 4 bytes of a group marker's EventTime are at least these (seconds 0xFFFFFFFE or 0xFFFFFFFF).
+_MARKER_SECONDS = b"\xff\xff\xff\xfe"
+_EVENT_TIME = struct.Struct(">II")
+
+
+def _times_are_plain(times: list[Any]) -> bool:
+    """Every time an int, a float or an EventTime, alone or as the first of Fluent Bit's pair, and no group marker.
 
     Ints and floats are most; EventTimes are checked together (the set of
-    their ext codes, the set of their lengths), the rare pairs one by one.
+    their ext codes, the set of their lengths, the largest of their bytes),
+    the rare pairs one by one.
     """
     exts = [t for t, _ in items if type(t) is _Ext]
-    if exts and (set(map(_code, exts)) != {0} or set(map(len, map(_data, exts))) != {8}):
+    if exts and (set(map(_code, exts)) != {0} or set(map(len, map(_data, exts))) != {8}
+                 or max(map(_data, exts)) >= _MARKER_SECONDS):
         return False
     for t, _ in items:
         if type(t) is tuple:
             inner = t[0]
-            if type(inner) is _Ext and (inner.code != 0 or len(inner.data) != 8):
+            if type(inner) is _Ext and (inner.code != 0 or len(inner.data) != 8 or inner.data >= _MARKER_SECONDS):
                 return False
     return True
 
 
-def split_packed(payload: bytes, size: Any, max_entries: int, record_type: Any = msgspec.Raw) -> list[Any] | None:
+def entry_seconds(t: Any) -> float:
+    """An entry's time as :func:`split_packed` hands it out (``times``), in seconds, as the reference reads it.
+
+    Only times :func:`split_packed` accepted come here: an int, a float, an
+    EventTime (seconds plus nanoseconds / 1e9, as the reference's ext hook),
+    or Fluent Bit's ``(time, {metadata})`` pair.
+    """
+    if type(t) is tuple:
+        t = t[0]
+    if type(t) is _Ext:
+        sec, nsec = _EVENT_TIME.unpack(t.data)
+        return sec + nsec / 1e9
+    return t
+
+
+def split_packed(payload: bytes, size: Any, max_entries: int, record_type: Any = msgspec.Raw,
+                 times: list[Any] | None = None) -> list[Any] | None:
     """The records of ``payload`` in order, decoded as ``record_type``; ``None`` to decode it the reference way.
 
     With the default ``msgspec.Raw`` each record is a view of its bytes and
@@ -92,7 +118,9 @@ def split_packed(payload: bytes, size: Any, max_entries: int, record_type: Any =
     not fit the type makes it ``None`` (the caller then splits into Raw
     records). ``size`` is the message's ``size`` option (Fluent Bit sends the
     entry count there); when it is missing the entries are counted first, and
-    when it is wrong a Raw split counts and tries again.
+    when it is wrong a Raw split counts and tries again. ``times``, when
+    given, is filled with each entry's time as found (read it with
+    :func:`entry_seconds`), in the records' order.
     """
     decoder = _decoder(record_type)
     count = size if type(size) is int and 0 < size <= max_entries else None
@@ -110,8 +138,11 @@ def split_packed(payload: bytes, size: Any, max_entries: int, record_type: Any =
             count = None  # a wrong size option, or an entry the frame refuses: count and try once more
     else:  # pragma: no cover - the loop always breaks or returns
         return None
-    if not _times_are_plain(items):
+    stamps = [t for t, _ in items]
+    if not _times_are_plain(stamps):
         return None
+    if times is not None:
+        times[:] = stamps
     return [record for _, record in items]
 
 
@@ -121,14 +152,21 @@ def is_map(raw: Any) -> bool:
     return len(raw) > 0 and memoryview(raw)[0] in _MAP_HEADS
 
 
-def decode_record(raw: Any, limits: Limits) -> Any:
+def decode_record(raw: Any, limits: Limits, budget: ObjectBudget | None = None) -> Any:
     """One record's bytes (from :func:`split_packed`) decoded the general way, as the connection would.
 
     Raises a :class:`~.errors.ForwardError` for what the general decoder
-    refuses (a value past a length limit, nesting too deep). The object
-    budget is not applied: the whole payload was already bounded in bytes.
+    refuses (a value past a length limit, nesting too deep, and with
+    ``budget``, the message's maps, arrays and ext values past
+    ``max_objects``). Bytes alone do not bound the cost: a record of 8 MiB
+    of 3-byte fixext values decodes to 2.8M Python objects, seconds of event
+    loop (issue 10), so a caller decoding the records of one message passes
+    one budget for all of them. It counts only the records decoded this way,
+    so it refuses a message only where the connection would have too.
     """
     try:
-        return msgpack.unpackb(raw, **unpacker_options(limits))
+        return msgpack.unpackb(raw, **unpacker_options(limits, budget))
+    except ForwardError:
+        raise  # the budget's own error, raised from inside msgpack's hooks
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise translate_msgpack_error(exc) from None

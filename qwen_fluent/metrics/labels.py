@@ -20,11 +20,14 @@ from collections.abc import Iterable
 from .config import MetricsConfig
 
 #: Longest label value kept; a longer one folds into the overflow value.
-#: 256: Kubernetes names are at most 253 characters (DNS subdomain), model ids
-#: on Hugging Face are shorter still, and an HTTP path longer than that
-#: carries data, not a route. (The normaliser cuts strings at its own
-#: ``max_label_length``, also 256 by default; this guards other producers.)
-MAX_LABEL_VALUE_LENGTH = 256
+#: Label-bound strings are cut once, by the normaliser, at ``[records]
+#: max_label_length`` (default 256: Kubernetes names are at most 253
+#: characters, model ids shorter still, and a longer HTTP path carries data,
+#: not a route). This guard only stops producers that bypass the normaliser,
+#: so it sits at the largest value ``max_label_length`` may take (4096):
+#: whatever the normaliser kept is never folded here for its length (a
+#: 300-character model with ``max_label_length = 512`` stays itself).
+MAX_LABEL_VALUE_LENGTH = 4096
 
 #: Pseudo label name under which ``label_overflow_total`` counts label sets
 #: folded because their family group reached ``max_series``.

@@ -28,6 +28,8 @@ from ..stats import ReceiverStats
 TRANSPORTS = ("tcp", "tls", "unix")
 #: Record outcomes (stats.records keys): accepted and unrecognised are
 #: counted by the pipeline, invalid and skipped_signal by the server.
+#: group_marker (Fluent Bit's group start/end entries, never records; counted
+#: by whichever decoded the entries) appears from its first count.
 OUTCOMES = ("accepted", "unrecognised", "invalid", "skipped_signal")
 
 
@@ -76,7 +78,8 @@ class ReceiverCollector:
         fam = CounterMetricFamily(
             "qwen_fluent_records_total",
             "Records received, by outcome: accepted, unrecognised (see qwen_fluent_unrecognised_records_total), "
-            "invalid (malformed entry), skipped_signal (metrics or traces payload).",
+            "invalid (malformed entry), skipped_signal (metrics or traces payload), group_marker (a Fluent Bit "
+            "group start or end entry, skipped).",
             labels=("outcome",))
         for outcome, n in _zero_filled(OUTCOMES, dict(st.records)).items():
             fam.add_metric((outcome,), n)

@@ -25,6 +25,20 @@ from .values import label
 #: the cache is emptied and refilled (O(1), no per-hit bookkeeping).
 CACHE_SIZE = 4096
 
+#: Longest string a cache key may hold (a name, a tag, a raw label key or
+#: value), in characters. A cache entry keeps its raw key, so without this
+#: the cache held whatever a peer sent: 100 records with 4 MiB pod names kept
+#: 830 MB (issue 10). Kubernetes names are at most 253 characters and tail
+#: tags a few hundred; 1024 takes every real one, so the cache holds at most
+#: about CACHE_SIZE x (4 + 2 x MAX_CACHED_LABELS) x 1024 characters. A record
+#: with a longer one is resolved without the cache: its labels are cut to
+#: ``max_label_length`` as always, and nothing of it is kept.
+MAX_CACHED_CHARS = 1024
+
+#: Most raw pod labels an entry keeps for its hit check; a pod with more is
+#: resolved without the cache (the Source keeps MAX_LABELS of them anyway).
+MAX_CACHED_LABELS = 128
+
 #: Pod labels kept in a Source. Pods carry tens; the cap bounds the memory of a
 #: cached Source whatever a manifest holds.
 MAX_LABELS = 64
@@ -56,6 +70,8 @@ class SourceResolver:
         if cached is not None and cached[0] == labels:
             return cached[1], cached[2]
         source, model = self._build(key, labels)
+        if not _cacheable(key, labels):
+            return source, model
         if len(self._by_pod) >= CACHE_SIZE:
             self._by_pod.clear()
         self._by_pod[key] = (dict(labels) if type(labels) is dict else None, source, model)
@@ -87,6 +103,8 @@ class SourceResolver:
         cached = self._by_tag.get(tag)
         if cached is None:
             cached = (self._from_tag(tag), "")
+            if len(tag) > MAX_CACHED_CHARS:
+                return cached  # resolved (to NO_SOURCE: _from_tag refuses such tags), never kept
             if len(self._by_tag) >= CACHE_SIZE:
                 self._by_tag.clear()
             self._by_tag[tag] = cached
@@ -108,3 +126,19 @@ class SourceResolver:
             container = base
         limit = self._limit
         return Source(label(namespace, limit), label(pod, limit), label(container, limit), "", None)
+
+
+def _short(value: Any) -> bool:
+    return type(value) is not str or len(value) <= MAX_CACHED_CHARS
+
+
+def _cacheable(key: tuple[Any, ...], labels: Any) -> bool:
+    """Whether a pod's names and raw labels are small enough to keep (see :data:`MAX_CACHED_CHARS`)."""
+    if not all(map(_short, key)):
+        return False
+    if type(labels) is dict:
+        if len(labels) > MAX_CACHED_LABELS:
+            return False
+        return all(_short(k) and _short(v) and type(v) is not dict and type(v) is not list
+                   for k, v in labels.items())
+    return True

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 import os
 import ssl
 import stat
+from collections import Counter
 from typing import Callable
 
 from ..forward import (
@@ -36,6 +38,8 @@ from ..forward import (
     Message,
     SkippedMessage,
 )
+from ..forward.errors import HttpOnForwardPort, PlainOnTlsPort
+from ..forward.decode import GROUP_MARKER
 from ..stats import ReceiverStats
 
 log = logging.getLogger("qwen_fluent.server")
@@ -47,6 +51,20 @@ IDLE_TIMEOUT = "idle_timeout"
 HANDSHAKE_TIMEOUT = "handshake_timeout"
 SINK_FAILED = "sink_failed"
 SHUTDOWN = "shutdown"
+#: The whole message did not arrive within ``Limits.message_deadline`` (a trickle: slow-loris).
+MESSAGE_DEADLINE = "message_deadline"
+#: All connections together held more than ``Limits.max_buffered_bytes`` of partial messages: the
+#: one holding the most was closed.
+MEMORY_BUDGET = "memory_budget"
+#: A connection still waiting for its PING was closed to make room in the unauthenticated pool.
+UNAUTHENTICATED_EVICTED = "unauthenticated_evicted"
+#: A plain (not TLS) peer on the TLS port; the same reason as the core's PlainOnTlsPort.
+PLAIN_ON_TLS_PORT = PlainOnTlsPort.reason
+#: A connection refused as it was accepted because one source address already
+#: holds ``Limits.max_connections_per_address`` (also counted in connections_refused).
+TOO_MANY_FROM_ADDRESS = "too_many_from_address"
+#: The same, because ``Limits.max_connections`` are open.
+TOO_MANY_CONNECTIONS = "too_many_connections"
 
 
 @dataclasses.dataclass
@@ -133,6 +151,23 @@ _CLIENT_REFUSED_OURS = frozenset({
 })
 
 
+#: OpenSSL's reasons for a first record that is not TLS at all, by the error reason counted for it.
+_NOT_TLS: dict[str, str] = {
+    "HTTP_REQUEST": HttpOnForwardPort.reason,  # OpenSSL recognises "GET ", "POST ", "HEAD ", "PUT "
+    "HTTPS_PROXY_REQUEST": HttpOnForwardPort.reason,  # "CONNECT "
+    "WRONG_VERSION_NUMBER": PLAIN_ON_TLS_PORT,  # the record header's version is not 3.x: not a TLS record
+    "UNKNOWN_PROTOCOL": PLAIN_ON_TLS_PORT,
+    "PACKET_LENGTH_TOO_LONG": PLAIN_ON_TLS_PORT,
+    "RECORD_LAYER_FAILURE": PLAIN_ON_TLS_PORT,  # OpenSSL 3.2+ words some of the above so
+}
+_NOT_TLS_ADVICE = {
+    HttpOnForwardPort.reason: "the peer sent an HTTP request to the Forward port; point HTTP clients at the "
+                              "metrics port, and Fluent Bit's forward output here",
+    PLAIN_ON_TLS_PORT: "the peer sent plain Forward (no TLS) to a port that serves TLS; turn TLS on in the "
+                       "client (Fluent Bit: tls on) or serve plain Forward here",
+}
+
+
 class _HandshakeLoggingSSLObject(ssl.SSLObject):
     """An ``SSLObject`` that logs, once, why a TLS handshake was refused over a certificate.
 
@@ -142,9 +177,14 @@ class _HandshakeLoggingSSLObject(ssl.SSLObject):
     OpenSSL's reason, so it is logged here, through ``SSLContext.sslobject_class``,
     the hook the standard library offers for this. asyncio gives no peer
     address at that point, so the line names the reason and the fix, not the
-    client. Failures that are not about certificates (a plain-text client on
-    the TLS port, a probe that connects and leaves) are logged at debug level.
+    client. A peer that does not speak TLS at all (plain Forward, HTTP) is
+    named, logged and counted under its reason in ``server_stats``, which
+    the server sets on a subclass of its own; other failures (a probe that
+    connects and leaves) are logged at debug level.
     """
+
+    #: The server's counters (set on a per-server subclass by ForwardServer.start).
+    server_stats: ReceiverStats | None = None
 
     def do_handshake(self) -> None:
         try:
@@ -166,7 +206,14 @@ class _HandshakeLoggingSSLObject(ssl.SSLObject):
                             "give the client the CA that signed tls_cert (Fluent Bit: tls.ca_file) and a name that "
                             "tls_cert covers (see %s)", exc.reason, TLS_DOCS)
             else:
-                log.debug("TLS handshake failed: %s", exc)
+                reason = _NOT_TLS.get(exc.reason or "")
+                if reason is None:
+                    log.debug("TLS handshake failed: %s", exc)
+                else:
+                    if self.server_stats is not None:
+                        self.server_stats.errors[reason] += 1
+                    log.warning("closing a connection on the TLS port: %s: %s (OpenSSL: %s; see %s)",
+                                reason, _NOT_TLS_ADVICE[reason], exc.reason, TLS_DOCS)
             raise
 
 
@@ -180,9 +227,14 @@ class _ForwardProtocol(asyncio.Protocol):
         self.conn = ForwardConnection(auth=server.config.auth, limits=server.config.limits,
                                       defer_packed=server.defer_packed)
         self.peer = "?"
+        #: The peer's IP address, for the per-address limit ("" for a Unix socket peer: not limited).
+        self.address = ""
         self.closing = False
         self._idle: asyncio.TimerHandle | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        #: This connection's part of ForwardServer.buffered: its partial message, as of its last read.
+        self.held = 0
         self.reading_paused = False
 
     # -- asyncio callbacks ---------------------------------------------------
@@ -192,23 +244,44 @@ class _ForwardProtocol(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else (peer or "unix")
-        stats = self.server.stats
-        if len(self.server.connections) >= self.server.config.limits.max_connections or self.server.stopping:
+        server = self.server
+        limits = server.config.limits
+        stats = server.stats
+        address = peer[0] if isinstance(peer, tuple) else ""
+        refusal = None
+        if server.stopping:
+            refusal = "shutting down"
+        elif len(server.connections) >= limits.max_connections:
+            stats.errors[TOO_MANY_CONNECTIONS] += 1
+            refusal = f"{len(server.connections)} connections open (max_connections)"
+        elif address and server.per_address[address] >= limits.max_connections_per_address:
+            stats.errors[TOO_MANY_FROM_ADDRESS] += 1
+            refusal = f"{server.per_address[address]} connections open from {address} (max_connections_per_address)"
+        if refusal is not None:
             stats.connections_refused += 1
-            log.warning("refusing connection from %s: %d connections open (limit)", self.peer, len(self.server.connections))
+            log.warning("refusing connection from %s: %s", self.peer, refusal)
             transport.abort()
             return
-        self.server.connections.add(self)
+        self.address = address
+        if address:
+            server.per_address[address] += 1
+        server.connections.add(self)
         stats.connections_opened[self.transport_name] += 1
         stats.connections_active += 1
         loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(self.server.config.limits.idle_timeout, self._on_idle)
+        self._idle = loop.call_later(limits.idle_timeout, self._on_idle)
         hello = self.conn.data_to_send()
         if hello:
+            pending = server.unauthenticated
+            if len(pending) >= limits.max_unauthenticated_connections:
+                # The one that has waited longest makes room: a real client PINGs within a round trip.
+                oldest = next(iter(pending))
+                oldest._fail(UNAUTHENTICATED_EVICTED, f"{len(pending)} connections waiting for their PING "
+                                                      "(max_unauthenticated_connections); the oldest makes room")
+                pending.pop(oldest, None)
+            pending[self] = None
             transport.write(hello)
-            self._handshake_timer = loop.call_later(
-                self.server.config.limits.handshake_timeout, self._on_handshake_timeout
-            )
+            self._handshake_timer = loop.call_later(limits.handshake_timeout, self._on_handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -223,6 +296,29 @@ class _ForwardProtocol(asyncio.Protocol):
             self._fail(exc.reason, str(exc))
             return
         self._process()
+        self._watch_deadline()
+        self._account()
+
+    def _account(self) -> None:
+        """Update this connection's share of the server's buffered bytes; over the budget, shed the largest."""
+        held = 0 if self.closing else self.conn.buffered_bytes
+        server = self.server
+        server.buffered += held - self.held
+        self.held = held
+        if server.buffered > server.config.limits.max_buffered_bytes:
+            server.shed()
+
+    def _watch_deadline(self) -> None:
+        """Start the whole-message deadline when a message begins, stop it when none is in flight."""
+        if self.closing:
+            return
+        if self.conn.buffered_bytes:
+            if self._deadline is None:
+                self._deadline = asyncio.get_running_loop().call_later(
+                    self.server.config.limits.message_deadline, self._on_deadline)
+        elif self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def eof_received(self) -> bool:
         if not self.closing:
@@ -249,11 +345,19 @@ class _ForwardProtocol(asyncio.Protocol):
         self.reading_paused = False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._idle, self._handshake_timer):
+        for timer in (self._idle, self._handshake_timer, self._deadline):
             if timer is not None:
                 timer.cancel()
+        self.server.unauthenticated.pop(self, None)
+        self.server.buffered -= self.held
+        self.held = 0
         if self in self.server.connections:
             self.server.connections.discard(self)
+            if self.address:
+                per_address = self.server.per_address
+                per_address[self.address] -= 1
+                if per_address[self.address] <= 0:
+                    del per_address[self.address]
             self.server.stats.connections_active -= 1
             self.server.connection_closed()
 
@@ -265,7 +369,10 @@ class _ForwardProtocol(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         conn = self.conn
+        event: object = None
         while not self.closing:
+            # Drop the previous message before the next is decoded: both alive at once doubled the peak.
+            event = None
             try:
                 event = conn.next_event()
             except ForwardError as exc:
@@ -274,6 +381,8 @@ class _ForwardProtocol(asyncio.Protocol):
             if event is NEED_DATA:
                 break
             if isinstance(event, Message):
+                # Which connection it came on: a resend after a lost ack comes on a new one (reliability/).
+                event = event._replace(connection=conn.id)
                 try:
                     self.server.sink(event)
                 except ForwardError as exc:  # a deferred payload the sink's decoder refused
@@ -286,6 +395,8 @@ class _ForwardProtocol(asyncio.Protocol):
                 stats.messages[event.mode.value] += 1
                 if event.invalid:
                     stats.records["invalid"] += sum(event.invalid.values())
+                if event.group_markers:
+                    stats.records[GROUP_MARKER] += event.group_markers
                 self._ack(event)
             elif isinstance(event, SkippedMessage):
                 stats.messages[event.mode.value] += 1
@@ -297,6 +408,7 @@ class _ForwardProtocol(asyncio.Protocol):
             elif isinstance(event, AuthSucceeded):
                 if self._handshake_timer is not None:
                     self._handshake_timer.cancel()
+                self.server.unauthenticated.pop(self, None)
                 transport.write(conn.data_to_send())
                 log.debug("authenticated %s as host %r user %r", self.peer, event.hostname, event.username)
             elif isinstance(event, AuthFailed):
@@ -332,6 +444,12 @@ class _ForwardProtocol(asyncio.Protocol):
     def _on_idle(self) -> None:
         self._fail(IDLE_TIMEOUT, f"no data for {self.server.config.limits.idle_timeout:g} s")
 
+    def _on_deadline(self) -> None:
+        self._deadline = None
+        if self.conn.buffered_bytes:
+            self._fail(MESSAGE_DEADLINE, f"a message took longer than {self.server.config.limits.message_deadline:g} s "
+                                         f"to arrive ({self.conn.buffered_bytes} bytes so far)")
+
     def _on_handshake_timeout(self) -> None:
         if self.conn.state is State.AWAITING_PING:
             self.server.stats.auth_failures[HANDSHAKE_TIMEOUT] += 1
@@ -362,6 +480,12 @@ class ForwardServer:
         self.sink = sink
         self.stats = stats if stats is not None else ReceiverStats()
         self.connections: set[_ForwardProtocol] = set()
+        #: Open connections by source address (TCP and TLS), for ``Limits.max_connections_per_address``.
+        self.per_address: Counter[str] = Counter()
+        #: Connections waiting for their PING, oldest first (a dict keeps insertion order).
+        self.unauthenticated: dict[_ForwardProtocol, None] = {}
+        #: Bytes of partial messages all connections hold (``Limits.max_buffered_bytes``).
+        self.buffered = 0
         self.stopping = False
         self._servers: list[asyncio.base_events.Server] = []
         self._all_closed: asyncio.Event | None = None
@@ -384,6 +508,10 @@ class ForwardServer:
         """Bind every configured listener. Raises ``OSError`` (port in use, bad path) or ``ssl.SSLError``."""
         loop = asyncio.get_running_loop()
         context = self.config.ssl_context()
+        if context is not None:
+            # A subclass of this server's own, so that a peer that does not speak TLS is counted here.
+            context.sslobject_class = type("_ServerSSLObject", (_HandshakeLoggingSSLObject,),
+                                           {"server_stats": self.stats})
         try:
             if self.config.port is not None:
                 name = "tls" if context else "tcp"
@@ -409,7 +537,31 @@ class ForwardServer:
             raise
         for server in self._servers:
             for sock in server.sockets:
-                log.info("listening for Forward on %s", _describe(sock.getsockname(), context is not None))
+                bound = sock.getsockname()  # not "name": the protocol factories above close over that
+                log.info("listening for Forward on %s", _describe(bound, context is not None))
+                if self.config.auth is None and context is None and isinstance(bound, tuple) and not _loopback(bound[0]):
+                    log.warning(
+                        "Forward on %s is reachable beyond this machine with neither a shared key nor TLS: anyone "
+                        "who can reach the port can write records into the metrics, and read nothing back but "
+                        "acks. Set --shared-key (and --tls-cert/--tls-key), or listen on 127.0.0.1 (see %s)",
+                        _describe(bound, False), SECURITY_DOCS)
+
+    def shed(self) -> None:
+        """Close the connections holding the largest partial messages until the total fits the budget.
+
+        Closing the largest frees the most at once and spares the many small
+        messages of ordinary clients; the one closed is not acked, so a real
+        client resends its chunk on a new connection.
+        """
+        budget = self.config.limits.max_buffered_bytes
+        while self.buffered > budget:
+            victim = max(self.connections, key=lambda p: p.held, default=None)
+            if victim is None or victim.held == 0:
+                return
+            victim._fail(MEMORY_BUDGET, f"{self.buffered} bytes in partial messages across connections "
+                                        f"(max_buffered_bytes {budget}); this one held {victim.held}")
+            self.buffered -= victim.held
+            victim.held = 0
 
     def connection_closed(self) -> None:
         if self.stopping and not self.connections and self._all_closed is not None:
@@ -444,6 +596,18 @@ class ForwardServer:
             except OSError:
                 pass
         self._servers.clear()
+
+
+#: Where the security warnings send the reader.
+SECURITY_DOCS = "docs/security.md"
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (a bound address) is reachable only from this machine."""
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _describe(name: object, tls: bool) -> str:

@@ -217,7 +217,7 @@ def test_packed_payload_ending_inside_an_entry():
         (et(T0, 0), T0),
         (et(T0, 999_999_999), T0 + 0.999999999),
         (et(0, 1), 1e-9),
-        (et(2**32 - 1, 0), 2**32 - 1),
+        (et(2**32 - 3, 0), 2**32 - 3),
         (T0, T0),
         (2**40, 2**40),
         (T0 + 0.5, T0 + 0.5),
@@ -754,13 +754,45 @@ def test_oversized_message_is_refused_before_it_is_complete():
     assert sent <= limit + 2 * len(entry)
 
 
-def test_announced_huge_string_waits_within_the_message_limit():
-    """A str32 header announcing 4 GiB costs at most the message limit before it is refused."""
+def test_announced_huge_string_is_refused_at_its_header():
+    """A str32 header announcing 4 GiB is refused from its 5 bytes, before any body is buffered."""
     conn = ForwardConnection(limits=Limits(max_message_bytes=4096))
-    conn.receive_data(b"\x92\xa1t\xdb\xff\xff\xff\xff")
-    assert drain(conn) == []
+    with pytest.raises(errors.ContainerTooLarge):
+        conn.receive_data(b"\x92\xa1t\xdb\xff\xff\xff\xff")
+        drain(conn)
+    assert conn.state is State.CLOSED
+
+
+def test_string_past_the_message_limit_is_refused_at_its_header():
+    """Within ``max_str_bytes`` but ending past ``max_message_bytes``: refused before the body arrives."""
+    conn = ForwardConnection(limits=Limits(max_message_bytes=4096, max_str_bytes=8192))
     with pytest.raises(errors.MessageTooLarge):
-        conn.receive_data(b"x" * 5000)
+        conn.receive_data(b"\x92\xa1t\xda\x17\x70")  # bin/str16 of 6000 bytes
+        drain(conn)
+
+
+def test_announced_lengths_within_the_limits_wait_for_the_body():
+    """A header within every limit is no reason to refuse: the message is delivered once whole."""
+    body = b"x" * 3000
+    data = pack(["t", 1, {"log": body.decode()}])
+    conn = ForwardConnection(limits=Limits(max_message_bytes=4096))
+    conn.receive_data(data[:10])
+    assert drain(conn) == []
+    conn.receive_data(data[10:])
+    (message,) = drain(conn)
+    assert message.entries[0].record == {"log": body.decode()}
+
+
+@pytest.mark.parametrize("header", [
+    b"\xdd\x7f\xff\xff\xff",  # array32
+    b"\x93\xa1t\xdf\x7f\xff\xff\xff",  # map32 as the record's place
+    b"\x92\xa1t\xc9\x00\x01\x00\x00",  # ext32 of 64 KiB
+    b"\x92\xa1t\xc6\xff\xff\xff\xff",  # bin32
+])
+def test_every_kind_of_declared_length_is_refused_at_its_header(header):
+    conn = ForwardConnection()
+    with pytest.raises(errors.ContainerTooLarge):
+        conn.receive_data(header)
         drain(conn)
 
 
@@ -862,3 +894,73 @@ def test_doc_lists_every_error_reason():
     text = DOC.read_text()
     for reason in errors.REASONS:
         assert f"`{reason}`" in text, f"docs/forward.md does not explain reason {reason}"
+
+
+def test_large_and_small_messages_in_any_split_after_the_buffer_is_renewed():
+    """After a message over 1 MiB the connection starts a new msgpack buffer; offsets and sizes stay exact."""
+    big = pack(["t", [[T0, {"log": "x" * (1_300_000 + i)}] for i in range(2)]])
+    small = pack(["t", T0, REC])
+    stream = big + small + small + big + small
+    for step in (1 << 20, 100_003, 262_144 * 3 + 7):
+        conn = ForwardConnection()
+        events = []
+        for i in range(0, len(stream), step):
+            conn.receive_data(stream[i:i + step])
+            events += drain(conn)
+        conn.receive_data(b"")
+        events += drain(conn)
+        assert [e.nbytes for e in events[:-1]] == [len(big), len(small), len(small), len(big), len(small)]
+        assert isinstance(events[-1], EndOfStream)
+
+
+# -- zstd (Fluentd 1.19 `compress zstd`) -----------------------------------------
+
+
+def _zstd(data: bytes, level: int = 3) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=level).compress(data)
+
+
+def test_zstd_payload_in_several_frames():
+    """Frames are read one after another, and an entry may span two, as with gzip members."""
+    raw = _packed(10)
+    cut = len(raw) // 2 + 3
+    message = one(pack(["t", _zstd(raw[:cut]) + _zstd(raw[cut:]), {"compressed": "zstd", "chunk": "z"}]))
+    assert message.mode is Mode.COMPRESSED_PACKED_FORWARD and message.chunk == "z"
+    assert [e.record["i"] for e in message.entries] == list(range(10))
+
+
+def test_zstd_limit_is_exact_and_counts_every_frame():
+    raw = _packed(10)
+    data = pack(["t", _zstd(raw), {"compressed": "zstd"}])
+    assert len(one(data, Limits(max_decompressed_bytes=len(raw))).entries) == 10
+    rejects(data, errors.DecompressedTooLarge, Limits(max_decompressed_bytes=len(raw) - 1))
+    two = pack(["t", _zstd(raw) + _zstd(raw), {"compressed": "zstd"}])
+    rejects(two, errors.DecompressedTooLarge, Limits(max_decompressed_bytes=len(raw) + len(raw) // 2))
+
+
+@pytest.mark.parametrize("payload", [b"not zstd at all", b"", "truncated"], ids=["garbage", "empty", "truncated"])
+def test_bad_zstd_is_bad_compression(payload):
+    if payload == "truncated":
+        payload = _zstd(_packed(50))[:-5]
+    rejects(pack(["t", payload, {"compressed": "zstd"}]), errors.BadCompression)
+
+
+def test_zstd_bomb_stops_at_the_limit():
+    """256 MiB of zeros in an 8 KiB zstd frame: decompression stops near the 1 MiB limit, memory too."""
+    bomb = _zstd(b"\0" * (256 << 20), 19)
+    assert len(bomb) < 20_000
+    data = pack(["t", bomb, {"compressed": "zstd"}])
+    limit = 1 << 20
+    tracemalloc.start()
+    try:
+        rejects(data, errors.DecompressedTooLarge, Limits(max_decompressed_bytes=limit))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * limit + 4 * len(data)
+
+
+def test_an_unknown_codec_is_still_refused():
+    rejects(pack(["t", _packed(1), {"compressed": "lz4"}]), errors.BadCompression, match="gzip and zstd")

@@ -21,6 +21,7 @@ import tracemalloc
 from typing import Any, Iterator
 
 import msgpack
+import zstandard
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -252,6 +253,8 @@ TIMES = st.one_of(
     st.integers(0, 2**33),
     st.floats(0, 2**33),
     st.builds(_et, st.integers(0, 2**32 - 1), st.integers(0, 10**9 - 1)),
+    # Fluent Bit's group markers: EventTime seconds -1 and -2 as int32
+    st.builds(_et, st.sampled_from([2**32 - 1, 2**32 - 2]), st.integers(0, 10**9 - 1)),
     st.builds(lambda t, m: [t, m], st.builds(_et, st.integers(0, 2**32 - 1), st.integers(0, 10**9 - 1)), st.dictionaries(st.text(max_size=5), LEAVES, max_size=3)),
     VALUES,
 )
@@ -291,10 +294,12 @@ def forward_messages(draw) -> tuple[bytes, int | None]:
             if form == "compressed":
                 if not isinstance(options, dict):
                     options = {}
-                options["compressed"] = "gzip"
+                codec = draw(st.sampled_from(["gzip", "zstd"]))
+                options["compressed"] = codec
                 members = draw(st.integers(1, 3))
                 step = max(1, math.ceil(len(raw) / members))
-                raw = b"".join(gzip.compress(raw[i : i + step]) for i in range(0, len(raw), step)) or gzip.compress(b"")
+                compress = gzip.compress if codec == "gzip" else zstandard.ZstdCompressor().compress
+                raw = b"".join(compress(raw[i : i + step]) for i in range(0, len(raw), step)) or compress(b"")
             obj = [tag, raw]
     if options is not None or draw(st.booleans()):
         obj.append(options)
@@ -357,7 +362,7 @@ def test_structured_messages_count_every_item(message, cuts):
                 count = 1
             elif event.mode is Mode.FORWARD:
                 count = len(second)
-            assert len(event.entries) + sum(event.invalid.values()) == count
+            assert len(event.entries) + sum(event.invalid.values()) + event.group_markers == count
 
 
 # -- memory ------------------------------------------------------------------------

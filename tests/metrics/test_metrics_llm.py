@@ -227,11 +227,12 @@ def test_a_label_past_its_cap_folds_into_the_overflow_value_and_is_counted() -> 
 
 def test_an_overlong_or_odd_label_value_folds() -> None:
     metrics = LLMMetrics(MetricsConfig())
-    metrics.observe(request(path="/" + "x" * 300))
+    metrics.observe(request(path="/" + "x" * 4096))  # past the largest max_label_length
+    metrics.observe(request(path="/" + "y" * 299))  # kept whole: the normaliser's cut decides, not this guard
     metrics.observe(request(path="/ok\n\"quoted\" ünïcode"))
     samples = scrape(metrics)
     paths = {dict(k[1])["path"] for k in samples if k[0] == "qwen_requests_total"}
-    assert paths == {"__overflow__", "/ok\n\"quoted\" ünïcode"}
+    assert paths == {"__overflow__", "/" + "y" * 299, "/ok\n\"quoted\" ünïcode"}
     assert samples[key("qwen_fluent_label_overflow_total", {"label": "path"})] == 1
 
 

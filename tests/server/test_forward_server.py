@@ -303,3 +303,23 @@ def test_port_in_use_raises_oserror():
             await server.stop()
 
     asyncio.run(main())
+
+
+def test_group_markers_are_counted_not_delivered():
+    """Fluent Bit's group start and end (EventTime seconds -1 and -2 as int32) around two records."""
+    marker = lambda sec: [[msgpack.ExtType(0, sec.to_bytes(4, "big") + bytes(4)), {}], {"resource": {}}]  # noqa: E731
+    entries = [marker(0xFFFFFFFF), [1_700_000_000, {"i": 0}], [1_700_000_001, {"i": 1}], marker(0xFFFFFFFE)]
+
+    async def main():
+        server, sink = await start_server()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(msgpack.packb(["llm.otel", entries, {"chunk": "g"}]))
+        reply = await asyncio.wait_for(reader.read(100), 5)
+        writer.close()
+        await server.stop()
+        return server, sink, reply
+
+    server, sink, reply = asyncio.run(main())
+    assert msgpack.unpackb(reply) == {"ack": "g"}
+    assert [r["i"] for r in sink.records] == [0, 1]
+    assert server.stats.records == {"group_marker": 2}

@@ -201,27 +201,50 @@ def test_a_client_that_refuses_the_server_certificate_is_told_apart(tls_files, t
     assert len(logged) == 1 and "TLSV1_ALERT_UNKNOWN_CA" in logged[0] and "tls.ca_file" in logged[0]
 
 
-def test_plain_text_on_the_tls_port_is_not_a_warning(tls_files, caplog):
-    """Probes and clear-text clients fail the handshake too; that is debug noise, not a certificate problem."""
+@pytest.mark.parametrize("payload,reason", [
+    (forward_message("p1"), "plain_on_tls_port"),
+    (b"POST /llm.tls HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", "http_on_forward_port"),
+], ids=["plain-forward", "http"])
+def test_a_peer_without_tls_on_the_tls_port_is_named_and_counted(tls_files, caplog, payload, reason):
+    """Plain Forward (the client has ``tls off``) or HTTP on the TLS port: one warning naming it, one counted reason."""
 
     async def main():
         server, sink = await start_server(tls_cert=str(tls_files["server_crt"]), tls_key=str(tls_files["server_key"]),
                                           tls_client_ca=str(tls_files["ca_crt"]))
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(forward_message("p1"))
+            writer.write(payload)
             reply = await read_for(reader, WAIT)  # returns when the server has closed the connection
             writer.close()
         finally:
             await server.stop()
-        return reply, sink
+        return reply, sink, server.stats
 
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    reply, sink = asyncio.run(main())
+    reply, sink, stats = asyncio.run(main())
     assert b"ack" not in reply and sink.messages == []
-    assert warnings(caplog) == []
-    assert any(r.levelno == logging.DEBUG and r.getMessage().startswith("TLS handshake failed")
-               for r in caplog.records if r.name == LOGGER)
+    assert stats.errors == {reason: 1}
+    (line,) = warnings(caplog)
+    assert reason in line and ("tls on" in line if reason == "plain_on_tls_port" else "HTTP" in line)
+
+
+def test_a_probe_that_leaves_is_not_a_warning(tls_files, caplog):
+    """A port scanner that connects and leaves without a byte is debug noise, not a named peer."""
+
+    async def main():
+        server, _ = await start_server(tls_cert=str(tls_files["server_crt"]), tls_key=str(tls_files["server_key"]))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.close()
+            await writer.wait_closed()
+            await asyncio.sleep(0.2)
+        finally:
+            await server.stop()
+        return server.stats
+
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    stats = asyncio.run(main())
+    assert warnings(caplog) == [] and stats.errors == {}
 
 
 def test_the_log_lines_point_at_a_section_that_exists():
