@@ -38,6 +38,23 @@ Limits, each bounded so that a misbehaving client cannot pile up threads:
 ``/readyz`` answers 200 only while ``ready()`` is true (the Forward listener
 is bound and not shutting down), else 503. A collector that raises makes
 ``/metrics`` answer 500 (logged); the endpoint keeps serving.
+
+With a web configuration file (``--web-config-file``, the Prometheus exporter
+toolkit's format, :mod:`qwen_fluent.server.webconfig`) the endpoint serves
+TLS and asks for basic auth, as every Go exporter given the same file does.
+The TLS handshake runs in the connection's own thread (never in the accept
+loop, where one slow client would hold up every other), within
+:data:`REQUEST_TIMEOUT`. A client that speaks plain HTTP to the TLS port is
+answered ``400`` with Go's sentence for it ("Client sent an HTTP request to an
+HTTPS server."), so a scrape_config that forgot ``scheme: https`` says so in
+Prometheus' target page. Basic auth, the rate limit and the extra headers
+apply to every path except :data:`OPEN_PATHS`: ``/healthz`` and ``/readyz``
+say only whether the process is up, and kubelet's probes cannot send a
+password without writing it into the Pod spec (the toolkit has no probe paths
+of its own; its exporters serve ``/metrics`` and a landing page, both behind
+auth). Over TLS they are still encrypted; kubelet's ``scheme: HTTPS`` probes
+do not verify certificates, so they work with any ``tls_server_config``
+except one that requires client certificates.
 """
 
 from __future__ import annotations
@@ -54,6 +71,7 @@ from prometheus_client.exposition import gzip_accepted
 from prometheus_client.registry import Collector
 
 from ..metrics.exposition import negotiate, render
+from .webconfig import Active, WebConfigError, WebConfigWatcher, allowed_san
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +93,17 @@ GZIP_LEVEL = 1
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 _PLAIN = "text/plain; charset=utf-8"
+
+#: Paths served without basic auth (module docstring: kubelet's probes).
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+#: Bytes peeked at on a TLS port to tell a TLS ClientHello (first byte 0x16,
+#: a handshake record) from plain HTTP; enough for the longest method name.
+_PEEK = 8
+#: What Go's net/http answers a plain HTTP request on a TLS port (its exact text,
+#: so it reads the same in Prometheus' target page as for a Go exporter).
+_HTTP_ON_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+_HTTP_METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ")
 
 
 class _Server(ThreadingHTTPServer):
@@ -102,9 +131,58 @@ class _Server(ThreadingHTTPServer):
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
+            watcher = self.owner.web
+            if watcher is not None and watcher.tls:
+                request = self._tls_accept(watcher, request)
+                if request is None:
+                    return
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def _tls_accept(self, watcher: WebConfigWatcher, sock: socket.socket) -> Any:
+        """The TLS socket for an accepted connection, after the handshake; ``None`` (closed) if it fails."""
+        owner = self.owner
+        tls = None
+        try:
+            sock.settimeout(REQUEST_TIMEOUT)
+            head = sock.recv(_PEEK, socket.MSG_PEEK)
+            if head and head[:1] != b"\x16":
+                owner.tls_refused += 1
+                if head.startswith(_HTTP_METHODS) or any(m.startswith(head) for m in _HTTP_METHODS):
+                    sock.sendall(_HTTP_ON_TLS)
+                    log.debug("plain HTTP on the TLS /metrics port from %s", _peer(sock))
+                self.shutdown_request(sock)
+                return None
+            try:
+                active = watcher.current()
+            except WebConfigError:
+                owner.tls_refused += 1
+                self.shutdown_request(sock)
+                return None
+            assert active.context is not None  # watcher.tls: every accepted config has TLS
+            tls = active.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            tls.do_handshake()
+            sans = active.config.tls.client_allowed_sans
+            if sans is not None and not allowed_san(tls.getpeercert(), sans):
+                owner.tls_refused += 1
+                log.info("/metrics client %s: no allowed SAN in its certificate", _peer(tls))
+                self.shutdown_request(tls)
+                return None
+            return tls
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; a timeout too
+            owner.tls_refused += 1
+            log.debug("/metrics TLS handshake failed: %s", exc)
+            # After wrap_socket the TLS socket owns the descriptor (the plain one is detached).
+            self.shutdown_request(tls if tls is not None else sock)
+            return None
+
+
+def _peer(sock: socket.socket) -> str:
+    try:
+        return str(sock.getpeername()[0])
+    except OSError:
+        return "?"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -113,14 +191,50 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "qwen-fluent"
     sys_version = ""
 
+    #: The file's extra headers, set by :meth:`_admit` for this request.
+    _headers: Sequence[tuple[str, str]] = ()
+
     def do_GET(self) -> None:
-        self._serve(body=True)
+        if self._admit(body=True):
+            self._serve(body=True)
 
     def do_HEAD(self) -> None:
-        self._serve(body=False)
+        if self._admit(body=False):
+            self._serve(body=False)
 
     def _other(self) -> None:
-        self._reply(405, b"method not allowed; use GET\n", _PLAIN, body=True, extra=[("Allow", "GET, HEAD")])
+        if self._admit(body=True):
+            self._reply(405, b"method not allowed; use GET\n", _PLAIN, body=True, extra=[("Allow", "GET, HEAD")])
+
+    def _admit(self, body: bool) -> bool:
+        """Apply the web configuration (rate limit, headers, basic auth) as the toolkit's handler does.
+
+        Answers the request itself and returns ``False`` when it must not be served.
+        """
+        self._headers = ()
+        owner = self.server.owner
+        watcher = owner.web
+        if watcher is None:
+            return True
+        try:
+            active: Active = watcher.current()
+        except WebConfigError:
+            self._reply(500, b"Internal Server Error\n", _PLAIN, body)
+            return False
+        self._headers = list(active.config.headers.items())
+        if self.path.split("?", 1)[0] in OPEN_PATHS:
+            return True
+        if active.limiter is not None and not active.limiter.allow():
+            owner.rate_limited += 1
+            self._reply(429, b"Too Many Requests\n", _PLAIN, body)
+            return False
+        if active.auth is None:
+            return True
+        if active.auth.check(self.headers.get("Authorization")) is not None:
+            return True
+        owner.unauthorized += 1
+        self._reply(401, b"Unauthorized\n", _PLAIN, body, [("WWW-Authenticate", "Basic")])
+        return False
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other
 
@@ -175,7 +289,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(sum(len(piece) for piece in pieces)))
-        for name, value in extra or ():
+        for name, value in (*self._headers, *(extra or ())):
             self.send_header(name, value)
         self.end_headers()
         if body:
@@ -192,19 +306,35 @@ class MetricsHTTPServer:
 
     ``port`` 0 picks a free port; :attr:`port` is the bound one after
     :meth:`start`. :meth:`stop` closes the socket and joins the thread.
+    ``web_config_file``: the exporter toolkit's web configuration (TLS, basic
+    auth, headers, rate limit); :meth:`start` loads it and raises
+    :class:`~qwen_fluent.server.webconfig.WebConfigError` (one line) if it is wrong.
     """
 
     def __init__(self, host: str, port: int, registry: Collector,
-                 ready: Callable[[], bool] = lambda: True) -> None:
+                 ready: Callable[[], bool] = lambda: True, web_config_file: str | None = None) -> None:
         self.host = host
         self.requested_port = port
         self.registry = registry
         self.ready = ready
+        self.web_config_file = web_config_file
+        #: The loaded web configuration, from :meth:`start`; ``None`` without a file.
+        self.web: WebConfigWatcher | None = None
         #: Connections closed on accept because MAX_CONNECTIONS were open.
         self.refused = 0
+        #: TLS connections refused: plain HTTP, failed handshakes, no allowed SAN.
+        self.tls_refused = 0
+        #: Requests answered 401 (no or wrong credentials) and 429 (rate_limit).
+        self.unauthorized = 0
+        self.rate_limited = 0
         self._render_lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when the web configuration turned TLS on, else ``http``."""
+        return "https" if self.web is not None and self.web.tls else "http"
 
     @property
     def port(self) -> int:
@@ -216,6 +346,12 @@ class MetricsHTTPServer:
         """Bind and serve in a daemon thread. Raises ``OSError`` if the address is taken."""
         if self._server is not None:
             return
+        if self.web_config_file:
+            self.web = WebConfigWatcher(self.web_config_file)
+            config = self.web.current().config
+            log.info("/metrics web config %s: TLS %s, basic auth %s", self.web_config_file,
+                     "on" if self.web.tls else "off",
+                     f"for {len(config.users)} user(s)" if config.users else "off")
         host = self.host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._server = _Server((host, self.requested_port), _Handler, family, self)
