@@ -34,7 +34,8 @@ RULES_DIR = EXAMPLES / "prometheus" / "rules"
 DATA = Path(__file__).resolve().parent / "data"
 
 #: Every kustomization users can apply.
-OVERLAYS = ("base", "overlays/prometheus-operator", "overlays/per-process-gpu", "overlays/nvidia-default-runtime")
+OVERLAYS = ("base", "overlays/prometheus-operator", "overlays/per-process-gpu", "overlays/nvidia-default-runtime",
+            "overlays/replicated")
 
 
 def run_tool(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
