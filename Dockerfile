@@ -14,12 +14,12 @@ FROM python:3.12-slim
 # DaemonSet; pip compiled them at install), and logs leave unbuffered.
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 
-# Only what `pip install .` needs: a change elsewhere in the repository does
+# Only what `pip install ".[web]"` needs (the web extra: --web-config-file): a change elsewhere does
 # not invalidate this layer, and nothing else (tests, .git) ends up inside.
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY qwen_fluent ./qwen_fluent
-RUN pip install --no-cache-dir . && rm -rf /src
+RUN pip install --no-cache-dir ".[web]" && rm -rf /src
 
 # Non-root, the uid distroless images use ("nonroot"); the DaemonSet's
 # securityContext runs as the same uid with a read-only root filesystem.

@@ -31,20 +31,28 @@ from __future__ import annotations
 
 import logging
 import time
+from operator import attrgetter
+
+import msgspec
 from collections.abc import Callable
 from typing import Any
 
-from .forward import ForwardError, Limits, decode_packed, decode_record, is_map, split_packed
+from .forward import ForwardError, Limits, decode_packed, decode_record, entry_seconds, is_map, split_packed
+from .forward.decode import GROUP_MARKER, ObjectBudget
 from .forward.events import Message
 from .metrics import LLMMetrics
 from .metrics.fast import FastRequests
 from .records import Normaliser
 from .records.events import NO_SOURCE, Outcome, RequestEvent, Unrecognised
 from .records.reasons import INTERNAL_ERROR
-from .records.typed import RequestRecord, decode_requests
+from .records.typed import MAX_TYPED_KUBERNETES, LeanRequestRecord, RequestRecord, decode_requests
+from .records.values import epoch_seconds
 from .stats import ReceiverStats
 
 log = logging.getLogger(__name__)
+
+_kubernetes = attrgetter("kubernetes")
+_timestamp = attrgetter("timestamp")
 
 
 class MetricsSink:
@@ -55,8 +63,15 @@ class MetricsSink:
     Per record the cost is the normaliser, ``metrics.observe`` and one type
     check; the stats counters are bumped once per message. Entry metadata
     (Fluent Bit's ``[[time, metadata], record]`` form) is not used:
-    everything the metrics need is in the record. A record without a
-    timestamp of its own counts at the message's receive time.
+    everything the metrics need is in the record. A request record without
+    a usable timestamp of its own counts at its entry's time (exemplars,
+    last-request time), read as the normaliser reads a ``timestamp``, or at
+    the message's receive time where the entry's time is no usable time
+    either; both paths do the same (:meth:`_stamp_entries`).
+
+    Every record normalised the general way that comes out unrecognised is
+    offered to an :class:`UnrecognisedLog` (a sampled info line: reason, tag,
+    keys); records the typed fast path takes never reach it.
 
     A normaliser or aggregator bug must not lose a record silently nor stop
     the connection: an exception is logged (once per sink, with traceback)
@@ -66,7 +81,8 @@ class MetricsSink:
     so the server closes the connection without an ack, as it would have.
     """
 
-    __slots__ = ("_normalise", "_metrics", "_observe", "_stats", "_logged", "_limits", "_fast")
+    __slots__ = ("_normalise", "_metrics", "_observe", "_stats", "_logged", "_limits", "_fast", "_seconds", "_budget",
+                 "_unrecognised")
 
     def __init__(self, normaliser: Callable[[Any, Any], Outcome], metrics: LLMMetrics, stats: ReceiverStats,
                  limits: Limits | None = None, fast: bool = True) -> None:
@@ -75,9 +91,14 @@ class MetricsSink:
         self._observe = metrics.observe
         self._stats = stats
         self._logged = False
+        self._unrecognised = UnrecognisedLog()
         self._limits = limits if limits is not None else Limits()
         self._fast = (FastRequests(metrics, normaliser, self._limits)
                       if fast and isinstance(normaliser, Normaliser) else None)
+        #: One message's maps, arrays and ext values decoded the general way (decode_record).
+        self._budget = ObjectBudget(self._limits.max_objects)
+        #: Reads a record's ``timestamp`` (and an entry's time, for a record without one).
+        self._seconds = normaliser.timestamp if isinstance(normaliser, Normaliser) else epoch_seconds
 
     def __call__(self, message: Message) -> None:
         now = time.time()
@@ -91,10 +112,13 @@ class MetricsSink:
 
     def _outcome(self, record: Any, tag: Any) -> Outcome:
         try:
-            return self._normalise(record, tag)
+            outcome = self._normalise(record, tag)
         except Exception:  # noqa: BLE001 - counted as internal_error, logged once; never expected
             self._internal_error()
-            return Unrecognised(INTERNAL_ERROR, NO_SOURCE)
+            outcome = Unrecognised(INTERNAL_ERROR, NO_SOURCE)
+        if type(outcome) is Unrecognised:  # the only cost on the accepted path: this type check
+            self._unrecognised(outcome.reason, tag, record)
+        return outcome
 
     def _count(self, outcome: Outcome, now: float) -> bool:
         """Observe one outcome; ``True`` if it was accepted (anything but Unrecognised)."""
@@ -108,9 +132,43 @@ class MetricsSink:
 
     def _entries(self, entries: list[Any], tag: Any, now: float) -> None:
         accepted = 0
+        seconds = self._seconds
         for entry in entries:
-            accepted += self._count(self._outcome(entry[1], tag), now)
+            outcome = self._outcome(entry[1], tag)
+            when = now
+            if type(outcome) is RequestEvent and outcome.timestamp is None:
+                when = seconds(entry[0])  # the entry's own time, for a record without one
+                if when is None:
+                    when = now
+            accepted += self._count(outcome, when)
         self._tally(accepted, len(entries) - accepted)
+
+    def _when(self, t: Any, outcome: Outcome, now: float) -> float:
+        """The time a record without a timestamp counts at: its entry's (split_packed's raw ``t``), else ``now``."""
+        if type(outcome) is RequestEvent and outcome.timestamp is None:
+            when = self._seconds(entry_seconds(t))
+            if when is not None:
+                return when
+        return now
+
+    def _stamp_entries(self, recs: list[Any], times: list[Any]) -> None:
+        """Give each typed record without a usable ``timestamp`` its entry's time, as the general path uses it.
+
+        The fast path reads ``rec.timestamp`` through the normaliser and falls
+        back to the message's receive time; writing the entry's time there makes
+        it read what :meth:`_entries` passes for the same record. One parse per
+        distinct value: request logs share their stamps.
+        """
+        seconds = self._seconds
+        present = recs if None not in recs else [rec for rec in recs if rec is not None]
+        unusable = {raw for raw in set(map(_timestamp, present)) if seconds(raw) is None}
+        if not unusable:
+            return
+        for rec, t in zip(recs, times):
+            if rec is not None:
+                raw = rec.timestamp
+                if raw in unusable or raw != raw:  # raw != raw: a NaN, never found in a set by value
+                    rec.timestamp = entry_seconds(t)
 
     def _tally(self, accepted: int, unrecognised: int) -> None:
         records = self._stats.records
@@ -128,21 +186,37 @@ class MetricsSink:
             return
         payload, size, most = message.payload or b"", message.options.get("size"), self._limits.max_array_len
         tag = message.tag
-        # The common case, a message of request logs only: one typed pass over the whole payload.
-        whole = split_packed(payload, size, most, RequestRecord)
-        if whole is not None and fast.apply(whole, tag, now):
-            self._tally(len(whole), 0)
+        self._budget.reset()
+        times: list[Any] = []
+        # The common case, a message of request logs only: one typed pass over the whole payload,
+        # with the lean record when every key is one it knows (a third faster), else the full one.
+        # A key it does not know fails it at that record, most often the first: a second pass over
+        # the whole payload is paid only where the odd key comes late in the message.
+        whole = split_packed(payload, size, most, LeanRequestRecord, times)
+        if whole is None:
+            whole = split_packed(payload, size, most, RequestRecord, times)
+        if whole and max(map(len, map(_kubernetes, whole))) > MAX_TYPED_KUBERNETES:
+            self._general(message, now)  # a huge kubernetes map would become a cache key: not on this path
             return
-        raws = split_packed(payload, size, most)
+        if whole is not None:
+            self._stamp_entries(whole, times)
+            if fast.apply(whole, tag, now):
+                self._tally(len(whole), 0)
+                return
+        raws = split_packed(payload, size, most, msgspec.Raw, times)
         if raws is None:
             self._general(message, now)
             return
         if whole is not None:  # all typed, but the columns refused it
-            self._ordered(raws, whole, {}, tag, now)
+            self._ordered(raws, whole, {}, tag, now, times)
             return
         # Some records are not request logs: those the typed decoder refuses are decoded and
         # normalised the general way. Everything that can raise runs before anything is counted.
         typed = decode_requests(raws)
+        if max((len(rec.kubernetes) for rec in typed if rec is not None), default=0) > MAX_TYPED_KUBERNETES:
+            self._general(message, now)
+            return
+        self._stamp_entries(typed, times)
         refused = [i for i, rec in enumerate(typed) if rec is None]
         if not all(is_map(raws[i]) for i in refused):  # an invalid entry: the general decoder counts it
             self._general(message, now)
@@ -157,9 +231,10 @@ class MetricsSink:
                 accepted += self._count(outcome, now)
             self._tally(accepted, len(typed) - accepted)
             return
-        self._ordered(raws, typed, others, tag, now)
+        self._ordered(raws, typed, others, tag, now, times)
 
-    def _ordered(self, raws: list[Any], typed: list[Any], others: dict[int, Outcome], tag: Any, now: float) -> None:
+    def _ordered(self, raws: list[Any], typed: list[Any], others: dict[int, Outcome], tag: Any, now: float,
+                 times: list[Any]) -> None:
         """Record by record, in order: new label sets are admitted as the reference admits them."""
         fast = self._fast
         assert fast is not None
@@ -183,7 +258,7 @@ class MetricsSink:
                 fast.remember(rec, tag, event, now)
                 accepted += 1
             else:
-                accepted += self._count(others[i], now)
+                accepted += self._count(others[i], self._when(times[i], others[i], now))
         self._tally(accepted, len(typed) - accepted)
 
     def _general(self, message: Message, now: float) -> None:
@@ -191,12 +266,96 @@ class MetricsSink:
         decoded = decode_packed(message, self._limits)
         if decoded.invalid:
             self._stats.records["invalid"] += sum(decoded.invalid.values())
+        if decoded.group_markers:
+            self._stats.records[GROUP_MARKER] += decoded.group_markers
         self._entries(decoded.entries, message.tag, now)
 
     def _decode(self, raw: Any) -> Any:
-        return decode_record(raw, self._limits)
+        return decode_record(raw, self._limits, self._budget)
 
     def _internal_error(self) -> None:
         if not self._logged:
             self._logged = True
             log.exception("a record could not be turned into metrics; counted as unrecognised (internal_error)")
+
+
+class UnrecognisedLog:
+    """``log(reason, tag, record)``: a sampled info log line for each kind of unrecognised record.
+
+    The counter ``qwen_fluent_unrecognised_records_total{reason}`` says how
+    many; this says which: the reason, the tag and the record's keys, never
+    its values (records carry prompts, user ids and tokens a log must not
+    copy). ``qwen-fluent explain`` takes one such record and says why in full.
+
+    Bounded in lines and in memory. Per reason, the first :attr:`FIRST` records
+    are logged, then at most one every :attr:`INTERVAL` seconds, saying how many
+    went unlogged since the last line: a Fluent Bit forwarding a whole unparsed
+    log at 10k records/s then writes one line a minute per reason, not 10k a
+    second. At most :attr:`MAX_KEYS` keys of a record are listed, each cut at
+    :attr:`MAX_KEY_CHARS`, and the tag at :attr:`MAX_TAG_CHARS`. State is two
+    small dicts keyed by reason; the normaliser's reasons are a fixed set (9),
+    and past :attr:`MAX_REASONS` (a sink fed by some other normaliser) further
+    reasons share one slot.
+    """
+
+    #: Records logged per reason before sampling starts: enough to see the
+    #: variety of a misconfigured input (a few shapes) at start-up.
+    FIRST = 5
+    #: Seconds between two sampled lines per reason afterwards (a minute: a
+    #: Prometheus alert on the counter fires on the scale of minutes too).
+    INTERVAL = 60.0
+    #: Keys listed per record: a request log has about 15, a Kubernetes
+    #: envelope about 6; 32 shows every realistic shape whole.
+    MAX_KEYS = 32
+    #: Characters kept of a key, and of the tag (a tail tag names the log file: 100-200).
+    MAX_KEY_CHARS = 64
+    MAX_TAG_CHARS = 256
+    #: Distinct reasons tracked; the normaliser has 9 (records/reasons.py), as in
+    #: metrics/llm.py's MAX_UNRECOGNISED_REASONS.
+    MAX_REASONS = 32
+
+    __slots__ = ("_seen", "_next", "_skipped", "_clock")
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._seen: dict[str, int] = {}
+        self._next: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+        self._clock = clock
+
+    def __call__(self, reason: str, tag: Any, record: Any) -> None:
+        if reason not in self._seen and len(self._seen) >= self.MAX_REASONS:
+            reason = "(other)"
+        seen = self._seen.get(reason, 0)
+        self._seen[reason] = seen + 1
+        if seen >= self.FIRST:
+            now = self._clock()
+            if now < self._next.get(reason, 0.0):
+                self._skipped[reason] = self._skipped.get(reason, 0) + 1
+                return
+            self._next[reason] = now + self.INTERVAL
+        elif seen == self.FIRST - 1:
+            self._next[reason] = self._clock() + self.INTERVAL
+        skipped = self._skipped.pop(reason, 0)
+        more = f" ({skipped} more since the last line)" if skipped else ""
+        if seen == self.FIRST - 1:
+            more += f"; from now on at most one line every {self.INTERVAL:g} s for this reason"
+        log.info("unrecognised record (%s) tag=%s %s%s", reason, self._tag(tag), self.keys(record), more)
+
+    @classmethod
+    def _tag(cls, tag: Any) -> str:
+        text = tag.decode("utf-8", "replace") if isinstance(tag, (bytes, bytearray)) else str(tag)
+        return repr(text[: cls.MAX_TAG_CHARS])
+
+    @classmethod
+    def keys(cls, record: Any) -> str:
+        """``keys=['log', 'stream']`` for a map (never the values), ``type=list`` for anything else."""
+        if not isinstance(record, dict):
+            return f"type={type(record).__name__}"
+        names = []
+        for i, key in enumerate(record):
+            if i == cls.MAX_KEYS:
+                names.append(f"... {len(record) - cls.MAX_KEYS} more")
+                break
+            text = key.decode("utf-8", "replace") if isinstance(key, (bytes, bytearray)) else str(key)
+            names.append(repr(text[: cls.MAX_KEY_CHARS]))
+        return f"keys=[{', '.join(names)}]"

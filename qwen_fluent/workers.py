@@ -30,7 +30,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .app import Receiver, tune_gc
+from .app import Receiver, start_metrics, tune_gc
 from .config import AppConfig
 from .metrics import LLMMetrics, ReceiverCollector
 from .metrics.exposition import Registry, Writer
@@ -202,9 +202,10 @@ def run_workers(config: AppConfig, stop: threading.Event | None = None) -> int:
             gpu.start()
             registry.register(gpu)
         http = MetricsHTTPServer(config.http.host, config.http.port, registry,
+                                 web_config_file=config.http.web_config_file or None,
                                  ready=lambda: all(w.process.is_alive() and w.answering for w in workers))
-        http.start()
-        log.info("serving /metrics on http://%s:%d (merged from %d workers)", config.http.host, http.port, n)
+        start_metrics(http, config)  # a taken port fails with the message that names it and its setting
+        log.info("serving /metrics on %s://%s:%d (merged from %d workers)", http.scheme, config.http.host, http.port, n)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: stop.set())

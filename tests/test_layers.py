@@ -16,7 +16,10 @@ what it may import besides itself):
     server                               the bottom floor + metrics (the /metrics endpoint renders its exposition)
     client (a Forward client: send, demo) the bottom floor + metrics, as the server it talks to
     pipeline, stdout                     the bottom floor + metrics
+    audit (the sensitive-data audit)     the bottom floor + metrics: a sink beside the metrics sink
+    reliability (exactly once)           the bottom floor + metrics: wraps the metrics sink, checkpoints the aggregates
     config (the app config)              the bottom floor + metrics + ServerConfig from server
+                                         + ReliabilityConfig from reliability + AuditConfig from audit
     app                                  anything but cli and __main__
     workers (serve --workers N)          anything but cli and __main__: the app, run N times and merged
     cli, __main__                        anything
@@ -43,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 INIT = "__init__"
 
 BOTTOM = frozenset({"forward", "records", "gpu", "stats", "instrument"})
-EVERYTHING = frozenset({INIT, *BOTTOM, "metrics", "analysis", "server", "client", "pipeline", "stdout", "config", "app", "workers", "cli",
+EVERYTHING = frozenset({INIT, *BOTTOM, "metrics", "analysis", "server", "client", "pipeline", "stdout", "audit", "reliability", "config", "app", "workers", "cli",
                         "__main__"})
 
 #: Importing part -> the parts it may import (besides itself). Mirrors the module docstring.
@@ -56,6 +59,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "client": BOTTOM | {INIT, "metrics"},
     "pipeline": BOTTOM | {INIT, "metrics"},
     "stdout": BOTTOM | {INIT, "metrics"},
+    "audit": BOTTOM | {INIT, "metrics"},
+    "reliability": BOTTOM | {INIT, "metrics"},
     "config": BOTTOM | {INIT, "metrics"},
     "app": EVERYTHING - {"cli", "__main__", "workers"},
     "workers": EVERYTHING - {"cli", "__main__"},
@@ -66,7 +71,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 #: Importing part -> (part, name) pairs it may import although the part is not in its row:
 #: the app config builds the server's own config dataclass, and needs nothing else of the server.
 ALLOWED_NAMES: dict[str, frozenset[tuple[str, str]]] = {
-    "config": frozenset({("server", "ServerConfig")}),
+    "config": frozenset({("server", "ServerConfig"), ("reliability", "ReliabilityConfig"), ("audit", "AuditConfig")}),
 }
 
 #: Top-level folders of the repository that the installed package must never import.

@@ -10,23 +10,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
+import importlib
 import logging
+import os
 import ssl
 import sys
-
-import importlib
+from collections.abc import Callable
 
 from .. import __version__
-from ..config import ENV_PREFIX, ConfigError, load
+from ..config import ENV_PREFIX, FLAGS, AppConfig, ConfigError, load, misspelt_variables
 
 #: Subcommands that live in a module of their own under ``qwen_fluent/cli/``:
 #: name -> module. Each module has ``add_parser(subparsers)`` (cheap: no heavy
 #: imports at module level, the parser is built on every call) and
 #: ``run(args) -> int``. One line here adds a command.
 COMMANDS: dict[str, str] = {
+    "demo": ".demo",
     "send": ".send",
     "analyze": ".analyze",
+    "explain": ".explain",
 }
 
 DESCRIPTION = """\
@@ -38,8 +40,7 @@ and turns LLM inference-server logs into Prometheus metrics on /metrics.
   qwen-fluent serve --config qwen-fluent.toml
   qwen-fluent gpu                        one-screen table of the GPUs (NVML)
   qwen-fluent check-config FILE          validate a config file and exit
-  qwen-fluent send FILE...               replay log files over Forward, as Fluent Bit would
-  qwen-fluent analyze FILE...            latency, QPS and token percentiles of a log file
+  qwen-fluent explain RECORD             what the receiver makes of one record or log line
 """
 
 SERVE_EPILOG = f"""\
@@ -77,11 +78,35 @@ def _parser() -> argparse.ArgumentParser:
     m = serve.add_argument_group("metrics output")
     m.add_argument("--metrics-host", metavar="HOST", help="address for /metrics (default 0.0.0.0)")
     m.add_argument("--metrics-port", type=int, metavar="PORT", help="port for /metrics (default 8000)")
+    m.add_argument("--web-config-file", metavar="FILE",
+                   help="TLS and basic auth for /metrics: the Prometheus exporter toolkit's web config (docs/web-config.md)")
     m.add_argument("--namespace", help="metric name prefix (default qwen)")
-    m.add_argument("--no-gpu", action="store_true", help="do not read GPUs through NVML")
+    m.add_argument("--no-gpu", action="store_true", default=None,
+                   help="do not read GPUs through NVML ([gpu] enabled = false)")
     g.add_argument("--workers", type=int, metavar="N",
                    help="receiver processes sharing the Forward port, one /metrics for all (default 1)")
+    i = serve.add_argument_group("other inputs (docs/inputs.md)")
+    i.add_argument("--http-input-port", type=int, metavar="PORT",
+                   help="also take records POSTed over HTTP on this port (Fluent Bit's http output; off by default)")
+    i.add_argument("--stdin", action="store_true", default=None,
+                   help="read log lines from standard input; no Forward port unless --port is given; exit at EOF")
+    i.add_argument("--linger", action="store_true", default=None,
+                   help="with --stdin: keep serving /metrics after the input ends, until a signal")
+    r = serve.add_argument_group("exactly once (docs/reliability.md)")
+    r.add_argument("--state-dir", metavar="DIR",
+                   help="checkpoint counters and the duplicate window here; restore them at start")
+    r.add_argument("--checkpoint-interval", type=float, metavar="SECONDS",
+                   help="seconds between checkpoints to --state-dir (default 5)")
+    r.add_argument("--dedup-window", type=float, metavar="SECONDS",
+                   help="seconds a message is remembered to recognise a client's resend (default 600)")
+    r.add_argument("--no-dedup", action="store_true", default=None,
+                   help="count resent messages again (duplicate detection off)")
+    r.add_argument("--redis-url", metavar="URL",
+                   help="share the duplicate window with other replicas through this Redis (redis://host:6379/0)")
     serve.add_argument("--stdout", action="store_true", help="also print every record as a JSON line")
+    serve.add_argument("--audit-sensitive", action="store_true", default=None,
+                       help="count records that carry likely secrets or personal data, by kind and pod, "
+                            "never the text ([audit] sensitive; docs/audit.md)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
 
     gpu = sub.add_parser("gpu", help="print a table of the GPUs as NVML reads them now")
@@ -100,23 +125,22 @@ def _fail(message: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..app import run
+    from ..app import ListenError, run
+    from ..reliability import ReliabilityError
+    from ..server.webconfig import WebConfigError
 
-    flags = {key: getattr(args, key, None) for key in (
-        "host", "port", "unix_socket", "tls_cert", "tls_key", "tls_client_ca", "shared_key",
-        "self_hostname", "metrics_host", "metrics_port", "namespace", "log_level", "workers",
-    )}
+    flags = {flag.dest: getattr(args, flag.dest, None) for flag in FLAGS}
     try:
         config = load(args.config, flags, stdout=args.stdout)
     except ConfigError as exc:
         return _fail(str(exc))
-    if args.no_gpu and config.gpu is not None:
-        config.gpu.enabled = False
     logging.basicConfig(
         level=config.log_level.upper(),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for warning in misspelt_variables():
+        logging.getLogger("qwen_fluent").warning("%s", warning)
     try:
         if config.workers > 1:
             from ..workers import WorkerError, run_workers
@@ -126,19 +150,46 @@ def _serve(args: argparse.Namespace) -> int:
             except WorkerError as exc:
                 return _fail(str(exc))
         return asyncio.run(run(config))
+    except ListenError as exc:
+        return _fail(str(exc))
+    except WebConfigError as exc:
+        return _fail(str(exc))
+    except ReliabilityError as exc:  # a state directory or checkpoint that cannot be used
+        return _fail(str(exc))
+    except ssl.SSLError as exc:
+        return _fail(_tls_message(exc, config))
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            return _fail(f"address already in use: {exc.strerror} ({_where(exc)})")
-        if isinstance(exc, ssl.SSLError):
-            return _fail(f"TLS certificate or key could not be loaded: {exc}")
-        return _fail(f"{exc.strerror or exc}{_where(exc)}")
+        text = os.strerror(exc.errno) if exc.errno else str(exc)
+        return _fail(f"{text}: {exc.filename}" if exc.filename else text)
     except KeyboardInterrupt:
         return 130
 
 
-def _where(exc: OSError) -> str:
-    text = str(exc)
-    return f": {text}" if text else ""
+def _tls_message(exc: ssl.SSLError, config: AppConfig) -> str:
+    """A certificate, key or CA file that is readable but that OpenSSL refuses: which one, set where.
+
+    OpenSSL's own text names neither file (``[SSL] PEM lib (_ssl.c:3905)``),
+    so each file is loaded again on its own to find the one it refuses.
+    """
+    server = config.server
+
+    def named(key: str) -> str:
+        return f"{key} {getattr(server, key)} (from {config.source('server', key)})"
+
+    def refused(load: Callable[[ssl.SSLContext], None]) -> bool:
+        try:
+            load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+        except (ssl.SSLError, OSError):
+            return True
+        return False
+
+    if server.tls_cert and refused(lambda c: c.load_verify_locations(cafile=server.tls_cert)):
+        return f"{named('tls_cert')} is not a PEM certificate"
+    if server.tls_cert and refused(lambda c: c.load_cert_chain(server.tls_cert, server.tls_key)):
+        return f"{named('tls_key')} is not the PEM private key of {named('tls_cert')}"
+    if server.tls_client_ca and refused(lambda c: c.load_verify_locations(cafile=server.tls_client_ca)):
+        return f"{named('tls_client_ca')} is not a PEM CA bundle"
+    return f"TLS could not be set up: {exc.reason or exc}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,9 +205,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return print_table()
     if args.command == "check-config":
+        from ..server.webconfig import WebConfigError, load_web_config
+
         try:
-            load(args.config, environ={})
-        except ConfigError as exc:
+            checked = load(args.config, environ={})
+            if checked.http.web_config_file:  # the web config it names is checked as serve would load it
+                load_web_config(checked.http.web_config_file)
+        except (ConfigError, WebConfigError) as exc:
             return _fail(str(exc))
         print(f"{args.config}: ok")
         return 0

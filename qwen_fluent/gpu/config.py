@@ -1,7 +1,8 @@
 """The ``[gpu]`` section of the configuration, as a dataclass.
 
-The CLI maps the TOML table onto :class:`GpuConfig` field by field and hands
-the result to :meth:`GpuConfig.collector`.
+The configuration loader (:mod:`qwen_fluent.config`) builds :class:`GpuConfig`
+from the ``[gpu]`` table, ``--no-gpu`` or ``QWEN_FLUENT_NO_GPU`` (``enabled =
+false``), and the app hands it to :meth:`GpuConfig.collector`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from typing import Any
 @dataclass
 class GpuConfig:
     """What the GPU collector reads and how often.
-
-    Mutable: ``qwen-fluent serve --no-gpu`` turns ``enabled`` off after loading.
 
     ``enabled``
         Register the collector at all. Default on: on a node without NVML it

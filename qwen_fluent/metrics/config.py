@@ -1,7 +1,7 @@
 """What the LLM metric families look like: :class:`MetricsConfig`.
 
-The CLI maps the ``[metrics]`` TOML section onto this dataclass (see
-:meth:`MetricsConfig.from_mapping`). Every field has a default that works for
+The configuration loader (:mod:`qwen_fluent.config`) maps the ``[metrics]``
+TOML section onto this dataclass, refusing unknown keys. Every field has a default that works for
 one inference deployment scraped by one Prometheus, and a comment giving the
 reason for it. Validation happens once, here, so that the hot path can trust
 the result.
@@ -281,15 +281,3 @@ class MetricsConfig:
     def limit_for(self, label: str) -> int:
         """The cap on distinct live values of ``label``."""
         return self.label_limits.get(label, self.default_label_limit)
-
-    @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any]) -> MetricsConfig:
-        """Build from a ``[metrics]`` TOML table; unknown keys are an error.
-
-        Lists become tuples; missing keys keep their defaults.
-        """
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(mapping) - names)
-        if unknown:
-            raise MetricsConfigError(unknown[0], f"unknown key; known: {', '.join(sorted(names))}")
-        return cls(**dict(mapping))

@@ -1,15 +1,15 @@
 """What can be tuned in the record normaliser: the ``[records]`` TOML section.
 
 Every field has a default that works for the Fluent Bit setups documented in
-``docs/records.md``; each limit carries the reason for its value. The CLI
-builds the config with :meth:`NormaliserConfig.from_mapping`, which rejects
-unknown keys and wrong types with :class:`NormaliserConfigError`.
+``docs/records.md``; each limit carries the reason for its value. The
+configuration loader (:mod:`qwen_fluent.config`) builds it from the
+``[records]`` section, refusing unknown keys; wrong types and values are
+refused here, with :class:`NormaliserConfigError`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass
 
 from .errors import NormaliserConfigError
 
@@ -87,14 +87,3 @@ class NormaliserConfig:
             value = getattr(self, name)
             if type(value) is not bool:
                 raise NormaliserConfigError(f"records.{name} must be true or false, not {value!r}")
-
-    @classmethod
-    def from_mapping(cls, section: Mapping[str, Any]) -> NormaliserConfig:
-        """Build the config from a parsed ``[records]`` TOML table; unknown keys are errors."""
-        if not isinstance(section, Mapping):
-            raise NormaliserConfigError(f"[records] must be a table, not {type(section).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in section if k not in known)
-        if unknown:
-            raise NormaliserConfigError(f"unknown [records] setting(s): {', '.join(unknown)}")
-        return cls(**dict(section))

@@ -31,10 +31,8 @@ class ReceiverThread:
     def __init__(self, flags: dict[str, Any] | None = None, *, nvml: Any = None) -> None:
         from qwen_fluent.config import load
 
-        base = {"host": "127.0.0.1", "port": 0, "metrics_host": "127.0.0.1", "metrics_port": 0}
+        base = {"host": "127.0.0.1", "port": 0, "metrics_host": "127.0.0.1", "metrics_port": 0, "no_gpu": True}
         self.config = load(None, {**base, **(flags or {})}, environ={})
-        if self.config.gpu is not None:
-            self.config.gpu.enabled = False
         self.nvml = nvml
         self.receiver: Any = None
         self.gpu: Any = None
