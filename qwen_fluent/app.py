@@ -81,6 +81,11 @@ def _listen_message(cause: OSError, config: AppConfig, listener: str, section: s
     """The one line for a TCP listener that could not bind ``host:port`` (``section`` holds its keys)."""
     where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
     code = cause.errno
+    if code is None and str(cause).startswith("could not bind on any address"):
+        # Python 3.13's create_server skips an address that fails with EADDRNOTAVAIL (gh-90871: so
+        # that a host without IPv6 still binds its IPv4 addresses) and, when none is left, raises
+        # this errno-less OSError: the only way to get it is an address this machine does not have.
+        code = errno.EADDRNOTAVAIL
     if code == errno.EADDRINUSE:
         return (f"{listener} port {port} on {host} is already in use by another program; "
                 f"{_setting(config, section, 'port')}")

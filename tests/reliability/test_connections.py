@@ -5,6 +5,7 @@ sent twice on one connection (two chunks that happen to carry the same records: 
 from __future__ import annotations
 
 import socket
+import time
 import urllib.request
 
 import msgpack
@@ -50,6 +51,11 @@ def test_same_connection_twice_counts_twice_a_new_connection_counts_once() -> No
         with socket.create_connection(("127.0.0.1", receiver.forward_port), timeout=10) as second:
             send(second, data, "c1")  # the same bytes on a new connection: the client's retry
         got = samples(receiver.metrics_port)
+        deadline = time.monotonic() + 10
+        while got["qwen_fluent_acks_total"] < 3 and time.monotonic() < deadline:
+            # The server counts an ack after writing it: the client may read it and scrape first.
+            time.sleep(0.05)
+            got = samples(receiver.metrics_port)
     assert got["qwen_requests_total"] == 6
     assert got["qwen_fluent_duplicate_messages_total"] == 1
     assert got["qwen_fluent_duplicate_records_total"] == 3
