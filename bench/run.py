@@ -287,9 +287,11 @@ def server_counts(port: int) -> tuple[int, int]:
     return accepted, requests
 
 
-def serve_intake(stream: workload.Stream, window: int, connections: int, scrape: bool, workers: int = 1) -> Intake:
+def serve_intake(stream: workload.Stream, window: int, connections: int, scrape: bool, workers: int = 1,
+                 baseline: list[str] | None = None) -> Intake:
+    """One run of ``serve`` (or of the ``baseline`` command line's, ``--baseline``) taking ``stream``."""
     forward_port, metrics_port = free_port(), free_port()
-    command = serve_command() + ["serve", "--host", "127.0.0.1", "--port", str(forward_port),
+    command = (baseline or serve_command()) + ["serve", "--host", "127.0.0.1", "--port", str(forward_port),
                                  "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port), "--no-gpu"]
     if workers > 1:
         command += ["--workers", str(workers)]
@@ -330,6 +332,8 @@ def serve_intake(stream: workload.Stream, window: int, connections: int, scrape:
             name = f"qwen-fluent {stream.name}" + (" + scrapes" if scrape else "")
             if workers > 1:
                 name += f" --workers {workers}, {connections} connections"
+            if baseline:
+                name = "baseline " + name
             return Intake(name, stream.records,
                           seconds, cpu1 - cpu0, peak_rss(proc.pid), counted,
                           scraper.latencies if scraper else [], scraper.errors if scraper else [])
@@ -455,6 +459,13 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2,
                         help="runs of every case (fresh processes each time, cases interleaved); the fastest "
                              "is reported, every run's counts are checked (default 2)")
+    parser.add_argument("--stamps", choices=workload.STAMPS, default="shared",
+                        help="the records' own timestamp: the article's one string for every record (default), "
+                             "or each record its own, a millisecond apart, as real request logs stamp them")
+    parser.add_argument("--baseline", metavar="COMMAND",
+                        help="a second receiver's command line (e.g. another checkout's 'env PYTHONPATH=/tmp/old "
+                             "python3 -P -m qwen_fluent'), run on the kubernetes cases in the same rounds: a "
+                             "before/after measured in one run, each beside the same references")
     parser.add_argument("--smoke", action="store_true",
                         help="5k records, 20 label sets, 1 run: checks counts, prints figures, judges nothing")
     args = parser.parse_args()
@@ -470,9 +481,10 @@ def main() -> int:
     print(f"serve:   {' '.join(serve_command())} serve --host 127.0.0.1 --port P --metrics-host 127.0.0.1 "
           f"--metrics-port Q --no-gpu")
     t0 = time.perf_counter()
-    work = workload.build(args.records, args.per_message, args.pods, args.seed)
+    work = workload.build(args.records, args.per_message, args.pods, args.seed, args.stamps)
     print(f"records: {args.records:,} per case (seed {args.seed}), {args.per_message} per message, "
-          f"{args.pods} pods; ack on, window {args.window}, {args.connections} connection(s); "
+          f"{args.pods} pods, {args.stamps} timestamps; ack on, window {args.window}, "
+          f"{args.connections} connection(s); "
           f"built in {time.perf_counter() - t0:.1f} s")
     for s in work.streams.values():
         print(f"  {s.name:<36} {len(s.messages):5} messages, {mib(s.size):>10}, {s.size / s.records:5.0f} B/record")
@@ -488,6 +500,13 @@ def main() -> int:
            for key in (gzip_key, (workload.FLAT, workload.PACKED), (workload.FLAT, workload.COMPRESSED))},
         "exporter": lambda: exporter_intake(work.json_lines, args.records),
     }
+    baseline = shlex.split(args.baseline) if args.baseline else None
+    if baseline:
+        print(f"baseline: {args.baseline} serve ... (the kubernetes cases again, in the same rounds)")
+        for key in (main_key, gzip_key):
+            cases[("baseline", key)] = (lambda key=key: serve_intake(work.streams[key], args.window,
+                                                                     args.connections, scrape=False,
+                                                                     baseline=baseline))
     scaling = [int(n) for n in args.workers.split(",") if n.strip()]
     for n in scaling:
         cases[("workers", n)] = (lambda n=n: serve_intake(work.streams[main_key], args.window,
@@ -503,6 +522,7 @@ def main() -> int:
         intakes = {key: fastest(results) for key, results in measured.items()}
         exporter = intakes.pop("exporter")
         scaled = {n: intakes.pop(("workers", n)) for n in scaling}
+        before = {key: intakes.pop(("baseline", key)) for key in (main_key, gzip_key) if baseline}
         # Every scrape of every scraped run: more samples for the percentiles.
         intakes["scraped"].scrapes = [x for r in measured["scraped"] for x in r.scrapes]
         intakes["scraped"].scrape_errors = [x for r in measured["scraped"] for x in r.scrape_errors]
@@ -544,6 +564,19 @@ def main() -> int:
             counts_ok &= run.counts_ok
             print(f"  --workers {n:<3} {run.rate:10,.0f} rec/s  x{run.rate / base.rate:4.2f}   CPU {run.cpu_us:5.2f} us/rec"
                   f"   peak RSS {mib(run.peak_rss):>10}   counts {'ok' if run.counts_ok else 'WRONG'}")
+
+    if before:
+        print(f"\nbefore/after in this run (--baseline against this checkout's serve, fastest of {runs} each, "
+              "the same references)")
+        print(f"  {'case':<44} {'before rec/s':>12} {'after rec/s':>12} {'x':>6} {'before CPU us':>13}"
+              f" {'after CPU us':>12} {'x exporter CPU, before -> after':>32}")
+        for key, old in before.items():
+            counts_ok &= old.counts_ok
+            new = intakes["main" if key == main_key else key]
+            print(f"  {'qwen-fluent ' + '/'.join(key):<44} {old.rate:12,.0f} {new.rate:12,.0f} "
+                  f"{new.rate / old.rate:5.2f}x {old.cpu_us:13.2f} {new.cpu_us:12.2f} "
+                  f"{old.cpu_us / exporter.cpu_us:>24.2f} -> {new.cpu_us / exporter.cpu_us:.2f}"
+                  + ("" if old.counts_ok else "   baseline counts WRONG"))
 
     main_run, scraped = intakes["main"], intakes["scraped"]
     lat = scraped.scrapes

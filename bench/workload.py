@@ -40,6 +40,7 @@ import hashlib
 import json
 import random
 import struct
+import time
 
 import msgpack
 
@@ -160,15 +161,32 @@ class Workloads:
     json_lines: bytes
 
 
-def build(records: int, per_message: int = 1000, pod_count: int = 20, seed: int = 7) -> Workloads:
+#: The two ways ``build`` stamps records (``bench/run.py --stamps``).
+STAMPS = ("shared", "per-record")
+
+
+def record_stamp(i: int) -> str:
+    """Record ``i``'s own ``timestamp`` for ``build(stamps="per-record")``: a millisecond apart, as a
+    request log stamps each request (``EPOCH`` plus ``i`` ms, UTC)."""
+    seconds, ms = EPOCH + i // 1000, i % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
+
+
+def build(records: int, per_message: int = 1000, pod_count: int = 20, seed: int = 7,
+          stamps: str = "shared") -> Workloads:
     """Build all streams from one seeded sequence of request records.
 
     Message ``k`` holds records ``k * per_message ...``; in the kubernetes
     workload it is pod ``k % pod_count``'s chunk. The flat workload and the
     JSON lines carry exactly the same request fields in the same order.
+    ``stamps``: ``"shared"`` (every record the article's one ``timestamp``
+    string, so a message has one distinct stamp) or ``"per-record"`` (each
+    record its own, a millisecond apart: :func:`record_stamp`).
     """
     if records < 1 or per_message < 1 or pod_count < 1:
         raise ValueError("records, per_message and pods must be >= 1")
+    if stamps not in STAMPS:
+        raise ValueError(f"stamps must be one of {STAMPS}")
     rng = random.Random(seed)
     fleet = pods(pod_count)
     streams = {(w, m): Stream(w, m) for w in (KUBERNETES, FLAT) for m in (PACKED, COMPRESSED)}
@@ -182,6 +200,8 @@ def build(records: int, per_message: int = 1000, pod_count: int = 20, seed: int 
         kube_entries = []
         for i in range(start, start + n):
             fields = request_fields(rng, i)
+            if stamps == "per-record":
+                fields["timestamp"] = record_stamp(i)
             seconds, ns = EPOCH + i // 1000, (i % 1000) * 1_000_000 + 123_456
             t = event_time(seconds, ns)
             flat_entries.append(packer.pack([t, fields]))

@@ -161,7 +161,11 @@ class MetricsSink:
         """
         seconds = self._seconds
         present = recs if None not in recs else [rec for rec in recs if rec is not None]
-        unusable = {raw for raw in set(map(_timestamp, present)) if seconds(raw) is None}
+        distinct = set(map(_timestamp, present))
+        if self._fast is not None:  # the same answers, remembered for the fast path's count (FastRequests.timestamps)
+            unusable = {raw for raw, stamp in self._fast.timestamps(distinct).items() if stamp is None}
+        else:
+            unusable = {raw for raw in distinct if seconds(raw) is None}
         if not unusable:
             return
         for rec, t in zip(recs, times):

@@ -50,10 +50,17 @@ _decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 
 
 def _decoder(record_type: Any) -> msgspec.msgpack.Decoder[Any]:
+    # Each entry's time is kept as its bytes: :func:`_plain_times` checks them all at once.
     decoder = _decoders.get(record_type)
     if decoder is None:
-        decoder = _decoders[record_type] = msgspec.msgpack.Decoder(list[tuple[_EntryTime, record_type]])
+        decoder = _decoders[record_type] = msgspec.msgpack.Decoder(list[tuple[msgspec.Raw, record_type]])
     return decoder
+
+
+#: One time as the reference accepts it, for the times :func:`_plain_times` does not take as EventTimes.
+_entry_time = msgspec.msgpack.Decoder(_EntryTime)
+#: An EventTime's 10 bytes start with these: fixext 8 (0xd7), ext type 0.
+_FIXEXT8, _EXT0 = b"\xd7", b"\x00"
 
 
 def _count(payload: bytes) -> int:
@@ -97,6 +104,28 @@ def _times_are_plain(times: list[Any]) -> bool:
     return True
 
 
+def _plain_times(raws: list[Any]) -> list[Any] | None:
+    """The entries' times (their bytes, ``raws``) as :func:`entry_seconds` reads them, or ``None`` if one
+    is not an int, a float or an EventTime, alone or in Fluent Bit's pair, or is a group marker.
+
+    Fluent Bit sends EventTimes only: then every time is 10 bytes, ``0xd7 0x00`` and 8 bytes of
+    seconds and nanoseconds, which a few C-level passes over the joined bytes check for the whole
+    message (measured: 0.04 us an entry, against 0.15 to 0.3 for checking decoded ext objects);
+    the raw bytes are then the times handed out. A seconds field starting with 0xff (a group marker,
+    or a time after 2106) and any other form go the detailed way, time by time.
+    """
+    n = len(raws)
+    if set(map(len, raws)) == {10}:
+        joined = b"".join(raws)
+        if joined[0::10] == _FIXEXT8 * n and joined[1::10] == _EXT0 * n and b"\xff" not in joined[2::10]:
+            return raws
+    try:
+        times = list(map(_entry_time.decode, raws))
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None
+    return times if _times_are_plain(times) else None
+
+
 def entry_seconds(t: Any) -> float:
     """An entry's time as :func:`split_packed` hands it out (``times``), in seconds, as the reference reads it.
 
@@ -104,6 +133,9 @@ def entry_seconds(t: Any) -> float:
     EventTime (seconds plus nanoseconds / 1e9, as the reference's ext hook),
     or Fluent Bit's ``(time, {metadata})`` pair.
     """
+    if type(t) is msgspec.Raw:  # an EventTime's 10 bytes, as _plain_times hands them out
+        sec, nsec = _EVENT_TIME.unpack(bytes(t)[2:])
+        return sec + nsec / 1e9
     if type(t) is tuple:
         t = t[0]
     if type(t) is _Ext:
@@ -142,8 +174,8 @@ def split_packed(payload: bytes, size: Any, max_entries: int, record_type: Any =
             count = None  # a wrong size option, or an entry the frame refuses: count and try once more
     else:  # pragma: no cover - the loop always breaks or returns
         return None
-    stamps = [t for t, _ in items]
-    if not _times_are_plain(stamps):
+    stamps = _plain_times([t for t, _ in items])
+    if stamps is None:
         return None
     if times is not None:
         times[:] = stamps

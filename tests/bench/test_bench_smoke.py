@@ -115,3 +115,31 @@ def test_workload_is_seeded():
     assert a.json_lines == b.json_lines and a.streams[(workload.FLAT, workload.PACKED)].messages == \
         b.streams[(workload.FLAT, workload.PACKED)].messages
     assert a.json_lines != c.json_lines
+
+
+def test_baseline_runs_in_the_same_rounds_and_its_counts_are_checked():
+    """``--baseline CMD``: a second receiver (here this checkout again) on the kubernetes cases, in the
+    same rounds, printed before/after; its counts are checked like every other run's (exit 1 if wrong)."""
+    baseline = f"{sys.executable} -m qwen_fluent"
+    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--smoke", "--workers", "1", "--baseline", baseline],
+                          capture_output=True, text=True, timeout=2 * SMOKE_TIMEOUT, cwd=BENCH.parent)
+    out = proc.stdout
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{proc.stderr}"
+    section = out.split("before/after in this run", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split()[1] for line in section.splitlines() if line.strip().startswith("qwen-fluent ")]
+    assert rows == ["kubernetes/PackedForward", "kubernetes/CompressedPackedForward"], out
+    assert "WRONG" not in section, section
+
+
+def test_per_record_stamps_give_each_record_its_own_time_and_change_nothing_else():
+    workload = _load("workload")
+    shared = workload.build(records=1500, per_message=1000, pod_count=2, seed=3)
+    own = workload.build(records=1500, per_message=1000, pod_count=2, seed=3, stamps="per-record")
+    shared_lines = [json.loads(line) for line in shared.json_lines.splitlines()]
+    own_lines = [json.loads(line) for line in own.json_lines.splitlines()]
+    assert {r["timestamp"] for r in shared_lines} == {"2025-04-05T10:23:45Z"}
+    assert [r["timestamp"] for r in own_lines[:2]] == ["2025-04-05T10:23:45.000Z", "2025-04-05T10:23:45.001Z"]
+    assert own_lines[1499]["timestamp"] == "2025-04-05T10:23:46.499Z"
+    assert len({r["timestamp"] for r in own_lines}) == 1500
+    for a, b in zip(shared_lines, own_lines):
+        assert {k: v for k, v in a.items() if k != "timestamp"} == {k: v for k, v in b.items() if k != "timestamp"}

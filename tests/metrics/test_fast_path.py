@@ -20,6 +20,7 @@ import struct
 from typing import Any
 
 import msgpack
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,7 +33,7 @@ from qwen_fluent.metrics import LLMMetrics, MetricsConfig
 from qwen_fluent.metrics.fast import FastRequests
 from qwen_fluent.pipeline import MetricsSink
 from qwen_fluent.records import Normaliser
-from qwen_fluent.records.typed import OTHER_SPELLINGS
+from qwen_fluent.records.typed import ENVELOPE, OTHER_SPELLINGS, LeanRequestRecord, RequestRecord
 from qwen_fluent.stats import ReceiverStats
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -219,3 +220,103 @@ def test_a_payload_the_typed_frame_refuses_is_decoded_the_general_way() -> None:
     fast.feed(data)
     assert fast.exposition() == ref.exposition()
     assert fast.stats.records["invalid"] == 2 and fast.stats.records["accepted"] == 2
+
+
+@st.composite
+def pod_chunks(draw: Any) -> list[dict[Any, Any]]:
+    """One container's chunk, as a tail input sends it: every record carries the same kubernetes map (or
+    none). The fast path then keys a record by its request fields alone (``FastRequests._distinct``)."""
+    pod = draw(st.sampled_from([*PODS, None]))
+    batch = draw(st.lists(request_records(), min_size=1, max_size=12))
+    for record in batch:
+        record.pop("kubernetes", None)
+        if pod is not None:
+            record["kubernetes"] = pod
+    return batch
+
+
+@SETTINGS
+@given(config=configs, messages=st.lists(st.tuples(pod_chunks(), st.booleans()), min_size=1, max_size=6))
+def test_one_pods_chunks_give_the_same_metrics(config: MetricsConfig,
+                                                messages: list[tuple[list[Any], bool]]) -> None:
+    ref, fast = Receiver(config, fast=False), Receiver(config, fast=True)
+    clock = NOW
+    for n, (batch, expire_after) in enumerate(messages):
+        data = packed(f"kube.var.log.containers.vllm-{n % 2}_ml_vllm-" + "b" * 64 + ".log", batch, n) * 2
+        ref.feed(data)
+        fast.feed(data)
+        if expire_after:
+            clock += 1000
+            ref.metrics.expire(clock)
+            fast.metrics.expire(clock)
+    assert fast.exposition() == ref.exposition()
+
+
+def test_a_pods_chunk_with_folded_label_sets_is_counted_column_by_column() -> None:
+    """A pod's chunk with more paths than the cap: the first message goes record by record (a cap is in
+    reach), the next ones by columns, each folded label tuple counting its folds once per record."""
+    config = MetricsConfig(label_limits={"path": 2})
+    batch = [{"input_tokens": i, "total_time_ms": 10 * i, "status": ("success", "error")[i % 2],
+              "path": f"/v1/p{i % 5}", "request_id": f"r{i}", "kubernetes": PODS[0]} for i in range(1, 300)]
+    data = packed("t", batch, 0) * 3
+    seen, receiver = _apply_calls(config, data)
+    assert seen == [False, True, True]
+    reference = Receiver(config, fast=False)
+    reference.feed(data)
+    assert receiver.metrics._space.overflow["path"] > 0  # the folds were counted, and below, as the reference does
+    assert receiver.exposition() == reference.exposition()
+    counts = receiver.exposition()[2]
+    assert counts["accepted"] == 3 * len(batch)
+
+
+lean_fields = set(LeanRequestRecord.__struct_fields__)
+
+
+@SETTINGS
+@given(record=st.one_of(request_records(), other_records,
+                        st.dictionaries(st.sampled_from([*ENVELOPE, "input_tokens", "status", "user"]), numbers)))
+def test_the_lean_record_reads_what_the_full_one_reads(record: dict[Any, Any]) -> None:
+    """Where the lean record decodes a record, the full one does too, with the same value in every field
+    both have; where it refuses one, the full one refuses it as well or the record has a key it does not
+    know (then the pipeline decodes with the full record, so nothing is lost either way)."""
+    raw = msgpack.packb(record, use_bin_type=True)
+    try:
+        lean = msgspec.msgpack.decode(raw, type=LeanRequestRecord)
+    except msgspec.ValidationError:
+        unknown = set(record) - lean_fields
+        if not unknown:
+            with pytest.raises(msgspec.ValidationError):
+                msgspec.msgpack.decode(raw, type=RequestRecord)
+        return
+    full = msgspec.msgpack.decode(raw, type=RequestRecord)
+    for name in RequestRecord.__struct_fields__:
+        if name in lean_fields:
+            # msgpack of the value: NaN equals NaN, and a Raw map compares by its bytes.
+            lean_value, full_value = getattr(lean, name), getattr(full, name)
+            assert msgpack.packb(lean_value, default=bytes) == msgpack.packb(full_value, default=bytes)
+        else:
+            assert getattr(full, name) is None  # another spelling: the lean record refuses it when present
+
+
+@pytest.mark.parametrize("times,last", [
+    # Fluent Bit's form: every time an EventTime, checked joined and handed out as raw bytes.
+    ([msgpack.ExtType(0, struct.pack(">II", 1_700_000_000 + i, 250_000_000 * i)) for i in range(4)],
+     "1700000003.75"),
+    # Every other form the reference accepts: ints, floats, Fluent Bit's [time, {metadata}] pair, and an
+    # EventTime whose seconds start with 0xff without being a group marker: checked time by time.
+    ([1_700_000_001, 1_700_000_002.5, [msgpack.ExtType(0, struct.pack(">II", 1_700_000_003, 5)), {"m": 1}],
+      msgpack.ExtType(0, struct.pack(">II", 0xFF000000, 0))], "4278190080.0"),
+], ids=["event-times", "mixed-forms"])
+def test_records_without_a_timestamp_count_at_their_entrys_time(times: list[Any], last: str) -> None:
+    """The entry's time reaches the metrics the same way on both paths, whatever its form."""
+    payload = b"".join(msgpack.packb([t, {"input_tokens": i + 1, "total_time_ms": 5, "request_id": f"r{i}",
+                                          "status": "success"}]) for i, t in enumerate(times))
+    data = msgpack.packb(["t", payload, {"chunk": "c", "size": len(times)}], use_bin_type=True)
+    config = MetricsConfig(exemplars=True)
+    ref, fast = Receiver(config, fast=False), Receiver(config, fast=True)
+    ref.feed(data)
+    fast.feed(data)
+    assert fast.stats.records["accepted"] == len(times)
+    assert fast.exposition() == ref.exposition()
+    # The bucket's exemplar is the last record's, at its own entry time (not the receive time).
+    assert f' # {{request_id="r3"}} 0.005 {last}\n'.encode() in fast.exposition()[1]
