@@ -232,7 +232,7 @@ class ForwardConnection:
                     size = _FEED_STEP
                     if too_large is UnauthenticatedTooLarge:  # before the PING: never feed past the limit
                         size = min(size, limit + 1 - (self._fed - self._message_start))
-                    step = bytes(self._pending[:size])
+                    step = bytes(memoryview(self._pending)[:size])  # one copy, not a slice and then a copy
                     del self._pending[:size]
                     unpacker.feed(step)
                     self._step = step
