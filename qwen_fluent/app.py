@@ -220,7 +220,9 @@ class Receiver:
             counted.append(self.audit)
         sinks: list[Callable[[Message], None]] = [self.reliability.wrap(_fan_out(counted))]
         if config.stdout:
-            sinks.append(StdoutSink())
+            # After the metrics path, and never a reason to withhold an ack: a failing write is logged
+            # and counted by the sink itself (stdout_failed), so a resend cannot count the records twice.
+            sinks.append(StdoutSink(stats=self.stats))
         self.gpu = None
         if config.gpu is not None and config.gpu.enabled and not worker:
             self.gpu = config.gpu.collector(config.metrics.namespace)
@@ -231,7 +233,12 @@ class Receiver:
         server = dataclasses.replace(config.server, reuse_port=True) if worker else config.server
         if config.stdin.enabled and config.source("server", "port").kind == "default":
             server = dataclasses.replace(server, port=None)  # --stdin alone opens no Forward port
-        self.forward = ForwardServer(server, _fan_out(sinks), self.stats, defer_packed=not config.stdout)
+        checkpointer = self.reliability.checkpointer
+        # With a state directory an ack promises a checkpoint on disk (docs/reliability.md).
+        durable = checkpointer.durable if checkpointer is not None and self.reliability.config.ack_after_checkpoint \
+            else None
+        self.forward = ForwardServer(server, _fan_out(sinks), self.stats, defer_packed=not config.stdout,
+                                     durable=durable)
         # The other inputs feed the same sink on the same loop, so they count exactly as Forward does.
         self.http_input = _http_input(config, self.forward.sink, self.stats, worker)
         self.stdin = None
@@ -304,9 +311,12 @@ class Receiver:
             self._expiry.cancel()
         if self.stdin is not None:
             await self.stdin.stop()
+        # Both inputs drain at once, so SIGTERM is done within one shutdown_grace, not one per input. The
+        # Forward server's acks that wait for a checkpoint are resolved by the group commit meanwhile.
+        stops = [self.forward.stop()]
         if self.http_input is not None:
-            await self.http_input.stop()
-        await self.forward.stop()
+            stops.append(self.http_input.stop())
+        await asyncio.gather(*stops)
         await self.reliability.stop()  # the last checkpoint, after the last ack
         if self.http is not None:
             self.http.stop()

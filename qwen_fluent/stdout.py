@@ -13,10 +13,22 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import sys
+import time
 from typing import IO, Any
 
 from .forward import Message
+from .stats import ReceiverStats
+
+log = logging.getLogger("qwen_fluent.stdout")
+
+#: ``qwen_fluent_errors_total{reason}`` of a record batch that could not be written to stdout.
+STDOUT_FAILED = "stdout_failed"
+
+#: Seconds between two log lines about failing writes. A closed pipe fails every message, thousands
+#: a second; one line per 10 s (with the count since the last) says it without flooding the log.
+LOG_EVERY = 10.0
 
 
 def _default(value: Any) -> Any:
@@ -36,12 +48,45 @@ def _default(value: Any) -> Any:
 
 
 class StdoutSink:
-    """A sink that writes every record of every message as one JSON line."""
+    """A sink that writes every record of every message as one JSON line.
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    A write that fails (a closed pipe, a full disk, a closed stream) is
+    counted (``stats.errors["stdout_failed"]``, :attr:`failures`) and logged at
+    most every :data:`LOG_EVERY` seconds, and the sink returns normally: the
+    metrics path has counted the message already, and withholding its ack would
+    make the client resend it and count it again (issue 9). Lines that failed
+    are lost from stdout, which is a debugging view, not a delivery.
+    """
+
+    def __init__(self, stream: IO[str] | None = None, stats: ReceiverStats | None = None,
+                 clock: Any = time.monotonic) -> None:
         self.stream = stream if stream is not None else sys.stdout
+        self.stats = stats
+        self.clock = clock
+        #: Messages whose lines could not be written.
+        self.failures = 0
+        self._unlogged = 0
+        self._logged_at: float | None = None
 
     def __call__(self, message: Message) -> None:
+        try:
+            self._write(message)
+        except (OSError, ValueError) as exc:  # ValueError: a closed stream ("I/O operation on closed file")
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        if self.stats is not None:
+            self.stats.errors[STDOUT_FAILED] += 1
+        self._unlogged += 1
+        now = self.clock()
+        if self._logged_at is None or now - self._logged_at >= LOG_EVERY:
+            log.warning("cannot write records to stdout (%s: %s); %d message(s) not printed since the last such "
+                        "line. They are counted and acked as usual", type(exc).__name__, exc, self._unlogged)
+            self._logged_at = now
+            self._unlogged = 0
+
+    def _write(self, message: Message) -> None:
         lines = []
         for entry in message.entries:
             item: dict[str, Any] = {"tag": message.tag, "time": entry.time, "record": entry.record}

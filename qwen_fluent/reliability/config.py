@@ -65,6 +65,10 @@ class ReliabilityConfig:
     #: Checkpoint the counters and the window here, restore them at start ("": off).
     state_dir: str = ""
     checkpoint_interval: float = CHECKPOINT_INTERVAL
+    #: With a state directory, ack a Forward message only once a checkpoint containing it is on disk
+    #: (group commit). ``false`` acks at once: faster, but a SIGKILL loses what was acked since the
+    #: last periodic checkpoint (docs/reliability.md measures both).
+    ack_after_checkpoint: bool = True
     group_commit_delay: float = GROUP_COMMIT_DELAY
     #: ``redis://host:6379/0``: a duplicate store shared by replicas ("": off).
     redis_url: str = ""

@@ -10,6 +10,20 @@ and ends that connection only.
 The sink is a plain callable run on the event loop. The metrics sink does a few
 dictionary operations per record, so a chunk of thousands of records takes
 milliseconds; a sink that must block should hand work to a thread itself.
+
+**Durable acks** (``durable``, set by ``serve --state-dir``): the ack of a
+message is written only once a checkpoint that contains it is on disk. After
+the sink returned, the server asks ``durable()`` for a future, queues the ack
+behind it, and writes the queued acks of a connection in order as their
+futures resolve (the checkpointer's group commit resolves them in call order).
+A failed checkpoint closes the connection without those acks
+(``checkpoint_failed``): the client resends, and the duplicate window, restored
+with the counters, tells whether the resend was already counted.
+
+**Backpressure**: a connection with :data:`MAX_PENDING_ACKS` acks waiting for
+a checkpoint stops being read (``transport.pause_reading``) until they are
+written, so a disk slower than the intake pushes back through TCP to the
+client, which buffers, instead of the receiver queueing without bound.
 """
 
 from __future__ import annotations
@@ -21,7 +35,7 @@ import logging
 import os
 import ssl
 import stat
-from collections import Counter
+from collections import Counter, deque
 from typing import Callable
 
 from ..forward import (
@@ -45,12 +59,24 @@ from ..stats import ReceiverStats
 log = logging.getLogger("qwen_fluent.server")
 
 Sink = Callable[[Message], None]
+#: ``durable()``: a future resolved once everything applied before the call is in a checkpoint on disk.
+Durable = Callable[[], "asyncio.Future[None]"]
+
+#: Acks one connection may have waiting for a checkpoint before it stops being read. Fluent Bit
+#: keeps one chunk in flight per connection and waits for its ack, so it never comes near this;
+#: a client that pipelines (Fluentd's ``require_ack_response`` with several chunks) gets 64
+#: messages of headroom (one group commit's worth at thousands of messages per second) and then
+#: TCP flow control. Each waiting ack holds about 200 bytes (its bytes, a future), so with
+#: ``Limits.max_connections`` (256) the queues hold at most about 3 MB.
+MAX_PENDING_ACKS = 64
 
 #: ReceiverStats.errors reasons the server adds to the core's ForwardError reasons.
 IDLE_TIMEOUT = "idle_timeout"
 HANDSHAKE_TIMEOUT = "handshake_timeout"
 SINK_FAILED = "sink_failed"
 SHUTDOWN = "shutdown"
+#: The checkpoint that was to make a message durable failed: closed without its ack (it is resent).
+CHECKPOINT_FAILED = "checkpoint_failed"
 #: The whole message did not arrive within ``Limits.message_deadline`` (a trickle: slow-loris).
 MESSAGE_DEADLINE = "message_deadline"
 #: All connections together held more than ``Limits.max_buffered_bytes`` of partial messages: the
@@ -236,6 +262,14 @@ class _ForwardProtocol(asyncio.Protocol):
         #: This connection's part of ForwardServer.buffered: its partial message, as of its last read.
         self.held = 0
         self.reading_paused = False
+        #: Why reading is paused: "write" (the peer does not read its acks), "acks" (too many acks
+        #: wait for a checkpoint), "closing" (closing once its acks are written). Reading resumes
+        #: when the set is empty again.
+        self._pauses: set[str] = set()
+        #: Acks waiting for their checkpoint, in the order of the messages (durable acks only).
+        self.pending: deque[tuple[bytes, asyncio.Future[None]]] = deque()
+        #: Close once the pending acks are written (end of stream or shutdown while some wait).
+        self._close_after_acks = False
 
     # -- asyncio callbacks ---------------------------------------------------
 
@@ -324,7 +358,10 @@ class _ForwardProtocol(asyncio.Protocol):
         if not self.closing:
             self.conn.receive_data(b"")
             self._process()
-        return False  # let asyncio close the transport
+        # Acks still waiting for a checkpoint: keep the half-open connection until they are written
+        # (_close_after_acks). TLS cannot stay half open (asyncio ignores True there): its acks are
+        # lost with the connection and the client's resend is recognised as a duplicate.
+        return bool(self.pending) and not self.closing
 
     def pause_writing(self) -> None:
         """The peer is not reading what we write (its acks): stop reading from it.
@@ -335,19 +372,34 @@ class _ForwardProtocol(asyncio.Protocol):
         acks pile up in memory without bound; once reading is paused, the
         buffer holds at most the mark plus the acks of one read.
         """
-        if self.transport is not None and not self.closing:
-            self.transport.pause_reading()
-            self.reading_paused = True
+        self._pause("write")
 
     def resume_writing(self) -> None:
-        if self.transport is not None and self.reading_paused and not self.closing:
-            self.transport.resume_reading()
-        self.reading_paused = False
+        self._resume("write")
+
+    def _pause(self, why: str) -> None:
+        if self.transport is None or self.closing:
+            return
+        if not self._pauses:
+            self.transport.pause_reading()
+        self._pauses.add(why)
+        self.reading_paused = True
+
+    def _resume(self, why: str) -> None:
+        if why not in self._pauses:
+            return
+        self._pauses.discard(why)
+        if not self._pauses:
+            self.reading_paused = False
+            if self.transport is not None and not self.closing:
+                self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         for timer in (self._idle, self._handshake_timer, self._deadline):
             if timer is not None:
                 timer.cancel()
+        self.closing = True  # nothing more is written: acks that resolve later are dropped
+        self.pending.clear()  # their messages were counted; the client resends and the window knows them
         self.server.unauthenticated.pop(self, None)
         self.server.buffered -= self.held
         self.held = 0
@@ -426,17 +478,58 @@ class _ForwardProtocol(asyncio.Protocol):
 
     def _ack(self, message: Message | SkippedMessage) -> None:
         ack = self.conn.ack(message)
-        if ack:
+        if not ack:
+            return
+        durable = self.server.durable
+        if durable is None:
             assert self.transport is not None
-            self.transport.write(ack)  # one write: Fluent Bit expects each ack in one read
+            # Counted first: a client that got its ack and scrapes /metrics (another thread) sees it counted.
             self.server.stats.acks += 1
+            self.transport.write(ack)  # one write: Fluent Bit expects each ack in one read
+            return
+        # Duplicates too: the copy that was counted may not be on disk yet (it came moments ago on the
+        # connection that failed), and its ack must not promise more than a crash would keep.
+        future = durable()
+        self.pending.append((ack, future))
+        future.add_done_callback(self._on_durable)
+        if len(self.pending) >= MAX_PENDING_ACKS:
+            self._pause("acks")
+
+    def _on_durable(self, future: asyncio.Future[None]) -> None:
+        """A checkpoint finished: write the acks at the head of the queue whose checkpoint is on disk."""
+        if not future.cancelled():
+            future.exception()  # retrieved here, whatever happens to this connection
+        pending = self.pending
+        while pending and pending[0][1].done():
+            ack, done = pending.popleft()
+            if self.closing or self.transport is None:
+                continue
+            error = None if done.cancelled() else done.exception()
+            if done.cancelled() or error is not None:
+                pending.clear()
+                self._fail(CHECKPOINT_FAILED, f"the checkpoint was not written ({error or 'cancelled'}); "
+                                              "closing without acks so that the client resends")
+                return
+            self.server.stats.acks += 1
+            self.transport.write(ack)
+        if len(pending) < MAX_PENDING_ACKS:
+            self._resume("acks")
+        if not pending and self._close_after_acks:
+            self._close()
 
     def _fail(self, reason: str, detail: str) -> None:
         self.server.stats.errors[reason] += 1
         log.warning("closing connection from %s: %s: %s", self.peer, reason, detail)
+        self.pending.clear()  # a failed connection writes no more acks
         self._close()
 
     def _close(self) -> None:
+        """Close after writing what is owed: pending writes are flushed, acks waiting for a checkpoint
+        are waited for first (a failure closes through :meth:`_fail`, which drops them)."""
+        if self.pending and not self.closing:
+            self._close_after_acks = True
+            self._pause("closing")
+            return
         if not self.closing and self.transport is not None:
             self.closing = True
             self.transport.close()  # flushes pending writes (acks, PONG) first
@@ -456,11 +549,13 @@ class _ForwardProtocol(asyncio.Protocol):
             self._fail(HANDSHAKE_TIMEOUT, f"no PING within {self.server.config.limits.handshake_timeout:g} s")
 
     def drain(self) -> None:
-        """Shutdown: close now if between messages, else after the current message completes."""
+        """Shutdown: close now if between messages (after the acks waiting for a checkpoint), else after
+        the current message completes."""
         if self.conn.buffered_bytes == 0:
             self._close()
 
     def abort(self) -> None:
+        self.pending.clear()
         self.server.stats.errors[SHUTDOWN] += 1
         log.warning("shutdown: dropping connection from %s in the middle of a message (it was not acked)", self.peer)
         self.closing = True
@@ -472,10 +567,12 @@ class ForwardServer:
     """Listens on TCP (optionally TLS) and/or a Unix socket and serves Forward connections."""
 
     def __init__(self, config: ServerConfig, sink: Sink, stats: ReceiverStats | None = None,
-                 defer_packed: bool = False) -> None:
+                 defer_packed: bool = False, durable: Durable | None = None) -> None:
         #: The sink decodes PackedForward payloads itself (``Message.payload``);
         #: it raises ForwardError for one it refuses, which closes the connection.
         self.defer_packed = defer_packed
+        #: Ack a message only once a checkpoint containing it is on disk (module doc); ``None``: at once.
+        self.durable = durable
         self.config = config
         self.sink = sink
         self.stats = stats if stats is not None else ReceiverStats()

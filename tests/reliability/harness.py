@@ -64,7 +64,9 @@ def total(all_samples: Samples, name: str) -> float:
 class Serve:
     """``qwen-fluent serve`` on loopback with free ports and the given extra flags; stopped by signal."""
 
-    def __init__(self, *flags: str, forward_port: int | None = None) -> None:
+    def __init__(self, *flags: str, forward_port: int | None = None, stdout: int = subprocess.DEVNULL) -> None:
+        """``stdout``: where the process's stdout goes (``subprocess.PIPE``: :attr:`proc` ``.stdout``)."""
+        self.stdout = stdout
         self.forward_port = forward_port or free_port()
         self.metrics_port = free_port()
         self.flags = list(flags)
@@ -75,7 +77,7 @@ class Serve:
         self.proc = subprocess.Popen(
             QWEN + ["serve", "--host", "127.0.0.1", "--port", str(self.forward_port), "--metrics-host", "127.0.0.1",
                     "--metrics-port", str(self.metrics_port), "--no-gpu", *self.flags],
-            stdout=subprocess.DEVNULL, stderr=self.log, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            stdout=self.stdout, stderr=self.log, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:

@@ -1,10 +1,10 @@
 """Counters survive restarts of a real ``qwen-fluent serve --state-dir``; a resend after one is counted once.
 
-Acks are sent when a message is applied (the server does not wait for the
-checkpoint yet: docs/reliability.md), so what survives a SIGKILL is what the
-last checkpoint holds. The tests stop the process where that is everything
-acked: after SIGTERM (the last checkpoint is written after the last ack), and
-after a SIGKILL once a periodic checkpoint newer than the last ack is on disk.
+With a state directory acks wait for the checkpoint (docs/reliability.md), so
+everything acked survives a SIGKILL; these tests also compare whole scrapes
+across a restart, so they stop the process when nothing is in flight: after
+SIGTERM, and after a SIGKILL once a periodic checkpoint newer than the last ack
+is on disk. tests/reliability/test_faults.py kills it in the middle of a stream.
 """
 
 from __future__ import annotations
