@@ -45,7 +45,7 @@ from ..forward import Limits, decode_record
 from ..records.normaliser import Normaliser
 from ..records.typed import MEASUREMENTS, request_event
 from ..records.values import MAX_DURATION_S, MAX_GPU_MEMORY_BYTES, MAX_TOKENS, MIB, label
-from .llm import MAX_RAW_KEYS, LLMMetrics
+from .llm import MAX_RAW_KEYS, LLMMetrics, raw_key_size
 
 #: RequestEvent fields the columns below compute (ttft_s: never set by a canonical request record).
 _COMPUTED = frozenset(("total_s", "queue_s", "inference_s", "ttft_s", "tpot_s", "input_tokens", "output_tokens"))
@@ -141,9 +141,14 @@ class FastRequests:
 
     def _remember(self, key: tuple[Any, ...], series: tuple[Any, ...], folds: tuple[str, ...]) -> None:
         """Cache a raw label tuple's resolution: its label set per request group, folds, and rows."""
-        cache = self.metrics.raw_keys
-        if len(cache) >= MAX_RAW_KEYS:
-            cache.clear()
+        metrics = self.metrics
+        cache = metrics.raw_keys
+        if key not in cache:
+            size = raw_key_size(key)
+            if len(cache) >= MAX_RAW_KEYS or metrics.raw_key_bytes + size > metrics.max_raw_key_bytes:
+                cache.clear()  # bounded by count and bytes: emptied and refilled (MAX_RAW_KEY_BYTES)
+                metrics.raw_key_bytes = 0
+            metrics.raw_key_bytes += size
         cache[key] = (series, folds, tuple(s.row for s in series))
 
     # -- a whole message --------------------------------------------------------

@@ -65,6 +65,26 @@ MAX_UNRECOGNISED_REASONS = 32
 #: cannot grow it without bound: when full it is emptied and refilled.
 MAX_RAW_KEYS = 16384
 
+#: The same cache's bound in bytes of the raw strings its keys hold (label
+#: fields, the kubernetes map's bytes, the tag). The typed path admits
+#: strings up to 4096 characters and kubernetes maps up to 16 KiB, so 16384
+#: keys could otherwise pin ~900 MB (issue 10: 'every cache bounded in
+#: bytes'); 32 MiB holds ~16k keys of a real pod's ~2 KiB map and stops
+#: an attacker's long distinct values long before the memory budget. When a
+#: new key would pass it, the cache is emptied and refilled, as at the count.
+MAX_RAW_KEY_BYTES = 32 * 1024 * 1024
+
+#: Bytes counted for each cached key beside its strings: the tuples and the
+#: dict entry (measured with sys.getsizeof: ~150-250 bytes a key).
+RAW_KEY_OVERHEAD = 256
+
+
+def raw_key_size(key: tuple[Any, ...]) -> int:
+    """What a fast-path cache key (label fields, kubernetes bytes, tag) holds, in bytes (close enough)."""
+    fields, block, tag = key
+    return (RAW_KEY_OVERHEAD + len(block) + (len(tag) if isinstance(tag, (str, bytes)) else 0)
+            + sum(len(v) for v in fields if isinstance(v, str)))
+
 
 def _tuple_getter(indices: list[int]) -> Callable[[Any], tuple[Any, ...]]:
     """A C-speed ``obj -> tuple(obj[i] for i in indices)``, a tuple even for 0 or 1 index."""
@@ -153,6 +173,9 @@ class LLMMetrics(SnapshotCollector):
         #: Fast path: raw label tuple -> (its label set in each request group, folds to count
         #: per record, the label sets' rows); see MAX_RAW_KEYS.
         self.raw_keys: dict[tuple[Any, ...], tuple[tuple[RequestSeries, ...], tuple[str, ...], tuple[int, ...]]] = {}
+        #: Bytes the keys of ``raw_keys`` hold (:func:`raw_key_size`), against ``max_raw_key_bytes``.
+        self.raw_key_bytes = 0
+        self.max_raw_key_bytes = MAX_RAW_KEY_BYTES
         self._max_series = cfg.max_series
         self._overflow = cfg.overflow_value
 
@@ -407,6 +430,7 @@ class LLMMetrics(SnapshotCollector):
             # freed room under a cap may now admit it.
             self.raw_keys = {raw: hit for raw, hit in self.raw_keys.items()
                              if not hit[1] and not any(id(s) in gone for s in hit[0])}
+            self.raw_key_bytes = sum(map(raw_key_size, self.raw_keys))
         # No surviving group's latest epoch ended before the cutoff, so these
         # are no longer needed.
         for epoch in [e for e, end in ends.items() if end <= cutoff]:

@@ -320,3 +320,28 @@ def test_records_without_a_timestamp_count_at_their_entrys_time(times: list[Any]
     assert fast.exposition() == ref.exposition()
     # The bucket's exemplar is the last record's, at its own entry time (not the receive time).
     assert f' # {{request_id="r3"}} 0.005 {last}\n'.encode() in fast.exposition()[1]
+
+
+def test_the_label_cache_is_bounded_in_bytes_and_counts_stay_the_reference() -> None:
+    """Pods with large kubernetes maps (annotations near the typed path's 16 KiB) fill the fast path's
+    raw-key cache by bytes long before its count: it is emptied at the bound, and nothing is miscounted."""
+    from qwen_fluent.metrics.llm import raw_key_size
+
+    config = MetricsConfig()
+    ref, fast = Receiver(config, fast=False), Receiver(config, fast=True)
+    fast.metrics.max_raw_key_bytes = 64 * 1024
+    peak = 0
+    for n in range(40):
+        pod = {"namespace_name": "ml", "pod_name": f"vllm-{n}", "container_name": "vllm",
+               "annotations": {"note": "x" * 12_000}}
+        batch = [{"input_tokens": i, "output_tokens": 2, "total_time_ms": 100 + i, "status": "success",
+                  "path": "/v1/chat/completions", "kubernetes": pod} for i in range(5)]
+        data = packed("kube.var.log.containers.x.log", batch, n)
+        ref.feed(data)
+        fast.feed(data)
+        cache = fast.metrics.raw_keys
+        assert fast.metrics.raw_key_bytes == sum(map(raw_key_size, cache))
+        peak = max(peak, fast.metrics.raw_key_bytes)
+    assert 0 < peak <= 64 * 1024
+    assert len(fast.metrics.raw_keys) < 40  # it was emptied on the way: 40 pods of ~12 KiB do not fit
+    assert fast.exposition() == ref.exposition()
