@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import socket
 import sys
@@ -107,6 +108,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("tls_cert", "server", "tls_cert"),
     Flag("tls_key", "server", "tls_key"),
     Flag("tls_client_ca", "server", "tls_client_ca"),
+    Flag("allowed_networks", "server", "allowed_networks"),
     Flag("shared_key", "auth", "shared_key"),
     Flag("self_hostname", "auth", "self_hostname"),
     Flag("metrics_host", "http", "host"),
@@ -181,6 +183,8 @@ class ServerSection:
     tls_key: str = ""
     tls_client_ca: str = ""
     shutdown_grace: float = 10.0
+    #: Only peers in these networks ("10.0.0.0/8", "192.168.1.7") may connect over TCP; empty: any.
+    allowed_networks: list = dataclasses.field(default_factory=list)
     #: Receiver processes sharing the Forward port (SO_REUSEPORT), merged on
     #: one /metrics. 1: one process, no merge. One per core is the useful most.
     workers: int = 1
@@ -521,6 +525,7 @@ def load(
         auth=auth_config,
         limits=sections["limits"],
         shutdown_grace=srv.shutdown_grace,
+        allowed_networks=_networks(srv.allowed_networks, where("server", "allowed_networks")),
     )
     if srv.workers > 1 and sections["stdin"].enabled:
         raise ConfigError(f"--stdin reads one stream in one process; it cannot be used with {srv.workers} workers "
@@ -557,6 +562,17 @@ def load(
         reliability=sections["reliability"],
         audit=sections["audit"],
     )
+
+
+def _networks(values: list, source: Source) -> tuple[Any, ...]:
+    """``[server] allowed_networks`` as ip_network objects; a host address is its own /32 (or /128)."""
+    out = []
+    for value in values:
+        try:
+            out.append(ipaddress.ip_network(str(value), strict=False))
+        except ValueError:
+            raise ConfigError(f"{source} must list networks such as \"10.0.0.0/8\" or addresses, got {value!r}") from None
+    return tuple(out)
 
 
 def _http_input(section: HTTPInputSection, sources: Mapping[tuple[str, str], Source], srv: ServerSection,

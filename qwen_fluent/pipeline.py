@@ -40,6 +40,7 @@ from typing import Any
 from .forward import ForwardError, Limits, decode_packed, decode_record, entry_seconds, is_map, split_packed
 from .forward.decode import GROUP_MARKER, ObjectBudget
 from .forward.events import Message
+from .logsample import LogSampler
 from .metrics import LLMMetrics
 from .metrics.fast import FastRequests
 from .records import Normaliser
@@ -318,32 +319,16 @@ class UnrecognisedLog:
     #: metrics/llm.py's MAX_UNRECOGNISED_REASONS.
     MAX_REASONS = 32
 
-    __slots__ = ("_seen", "_next", "_skipped", "_clock")
+    __slots__ = ("sampler",)
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._seen: dict[str, int] = {}
-        self._next: dict[str, float] = {}
-        self._skipped: dict[str, int] = {}
-        self._clock = clock
+        self.sampler = LogSampler(self.FIRST, self.INTERVAL, self.MAX_REASONS, clock)
 
     def __call__(self, reason: str, tag: Any, record: Any) -> None:
-        if reason not in self._seen and len(self._seen) >= self.MAX_REASONS:
-            reason = "(other)"
-        seen = self._seen.get(reason, 0)
-        self._seen[reason] = seen + 1
-        if seen >= self.FIRST:
-            now = self._clock()
-            if now < self._next.get(reason, 0.0):
-                self._skipped[reason] = self._skipped.get(reason, 0) + 1
-                return
-            self._next[reason] = now + self.INTERVAL
-        elif seen == self.FIRST - 1:
-            self._next[reason] = self._clock() + self.INTERVAL
-        skipped = self._skipped.pop(reason, 0)
-        more = f" ({skipped} more since the last line)" if skipped else ""
-        if seen == self.FIRST - 1:
-            more += f"; from now on at most one line every {self.INTERVAL:g} s for this reason"
-        log.info("unrecognised record (%s) tag=%s %s%s", reason, self._tag(tag), self.keys(record), more)
+        sampled = self.sampler(reason)
+        if sampled is not None:
+            shown, more = sampled
+            log.info("unrecognised record (%s) tag=%s %s%s", shown, self._tag(tag), self.keys(record), more)
 
     @classmethod
     def _tag(cls, tag: Any) -> str:

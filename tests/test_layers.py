@@ -10,7 +10,8 @@ what it may import besides itself):
 
     __init__ (qwen_fluent/__init__.py)  nothing of ours
     forward, records, gpu, stats,        qwen_fluent.__version__ only
-    instrument (in the inference server)
+    instrument (in the inference server),
+    logsample (sampled log lines)
     metrics                              forward, records, gpu, stats, __version__
     analysis (analyze: logs offline)     forward, records, gpu, stats, __version__ (the floor of metrics)
     server                               the bottom floor + metrics (the /metrics endpoint renders its exposition)
@@ -45,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 #: The part of the package that holds ``__version__`` (``qwen_fluent/__init__.py``).
 INIT = "__init__"
 
-BOTTOM = frozenset({"forward", "records", "gpu", "stats", "instrument"})
+BOTTOM = frozenset({"forward", "records", "gpu", "stats", "instrument", "logsample"})
 EVERYTHING = frozenset({INIT, *BOTTOM, "metrics", "analysis", "server", "client", "pipeline", "stdout", "audit", "reliability", "config", "app", "workers", "cli",
                         "__main__"})
 

@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
     g.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA")
     g.add_argument("--shared-key", metavar="KEY", help="require the secure-forward handshake with this key")
+    g.add_argument("--allowed-networks", metavar="NETS",
+                   help="accept Forward connections only from these networks, comma-separated (10.0.0.0/8,127.0.0.1)")
     g.add_argument("--self-hostname", metavar="NAME", help="hostname sent in the handshake (default: this host)")
     m = serve.add_argument_group("metrics output")
     m.add_argument("--metrics-host", metavar="HOST", help="address for /metrics (default 0.0.0.0)")

@@ -54,6 +54,7 @@ from ..forward import (
 )
 from ..forward.errors import HttpOnForwardPort, PlainOnTlsPort
 from ..forward.decode import GROUP_MARKER
+from ..logsample import LogSampler
 from ..stats import ReceiverStats
 
 log = logging.getLogger("qwen_fluent.server")
@@ -91,6 +92,10 @@ PLAIN_ON_TLS_PORT = PlainOnTlsPort.reason
 TOO_MANY_FROM_ADDRESS = "too_many_from_address"
 #: The same, because ``Limits.max_connections`` are open.
 TOO_MANY_CONNECTIONS = "too_many_connections"
+#: A connection refused as it was accepted because its address is in none of
+#: ``ServerConfig.allowed_networks`` (Fluentd: ``allow_anonymous_source false``
+#: with ``<client>`` networks).
+SOURCE_NOT_ALLOWED = "source_not_allowed"
 
 
 @dataclasses.dataclass
@@ -110,6 +115,13 @@ class ServerConfig:
     #: Shared-key (and optionally user) authentication; ``None`` accepts anyone.
     auth: AuthConfig | None = None
     limits: Limits = dataclasses.field(default_factory=Limits)
+    #: When not empty, only peers whose address is in one of these networks
+    #: may connect over TCP; every other connection is refused as it is
+    #: accepted, before it can send a byte or hold a slot (Fluentd's
+    #: ``<security>`` with ``allow_anonymous_source false`` and ``<client>
+    #: network``). Empty: any address (the default, as Fluentd's). A Unix
+    #: socket peer is not filtered: the socket file's permissions decide.
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     #: Seconds SIGTERM waits for connections to finish the message they are in
     #: the middle of. Fluent Bit's own ``Grace`` defaults to 5 s; 10 s covers
     #: a slow peer finishing a large chunk, and stays well inside Kubernetes'
@@ -282,18 +294,25 @@ class _ForwardProtocol(asyncio.Protocol):
         limits = server.config.limits
         stats = server.stats
         address = peer[0] if isinstance(peer, tuple) else ""
-        refusal = None
+        refusal = reason = None
         if server.stopping:
-            refusal = "shutting down"
+            refusal, reason = "shutting down", "shutdown"
+        elif address and server.config.allowed_networks and not _allowed(address, server.config.allowed_networks):
+            reason = SOURCE_NOT_ALLOWED
+            refusal = f"{address} is in none of allowed_networks"
         elif len(server.connections) >= limits.max_connections:
-            stats.errors[TOO_MANY_CONNECTIONS] += 1
+            reason = TOO_MANY_CONNECTIONS
             refusal = f"{len(server.connections)} connections open (max_connections)"
         elif address and server.per_address[address] >= limits.max_connections_per_address:
-            stats.errors[TOO_MANY_FROM_ADDRESS] += 1
+            reason = TOO_MANY_FROM_ADDRESS
             refusal = f"{server.per_address[address]} connections open from {address} (max_connections_per_address)"
         if refusal is not None:
+            if reason != "shutdown":
+                stats.errors[reason] += 1
             stats.connections_refused += 1
-            log.warning("refusing connection from %s: %s", self.peer, refusal)
+            sampled = server.log_sample(f"refused:{reason}")
+            if sampled is not None:  # counted always, logged sampled: 1000 refusals are not 1000 lines
+                log.warning("refusing connection from %s: %s%s", self.peer, refusal, sampled[1])
             transport.abort()
             return
         self.address = address
@@ -519,7 +538,9 @@ class _ForwardProtocol(asyncio.Protocol):
 
     def _fail(self, reason: str, detail: str) -> None:
         self.server.stats.errors[reason] += 1
-        log.warning("closing connection from %s: %s: %s", self.peer, reason, detail)
+        sampled = self.server.log_sample(reason)
+        if sampled is not None:  # counted always, logged sampled (logsample.py)
+            log.warning("closing connection from %s: %s: %s%s", self.peer, reason, detail, sampled[1])
         self.pending.clear()  # a failed connection writes no more acks
         self._close()
 
@@ -584,6 +605,8 @@ class ForwardServer:
         #: Bytes of partial messages all connections hold (``Limits.max_buffered_bytes``).
         self.buffered = 0
         self.stopping = False
+        #: Warnings about refused and closed connections: the first 5 per reason, then one a minute.
+        self.log_sample = LogSampler()
         self._servers: list[asyncio.base_events.Server] = []
         self._all_closed: asyncio.Event | None = None
 
@@ -697,6 +720,17 @@ class ForwardServer:
 
 #: Where the security warnings send the reader.
 SECURITY_DOCS = "docs/security.md"
+
+
+def _allowed(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    """Whether ``address`` (a peer's IP, IPv4-mapped IPv6 read as IPv4) is in one of ``networks``."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
 
 
 def _loopback(host: str) -> bool:

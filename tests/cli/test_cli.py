@@ -52,7 +52,7 @@ def test_check_config(tmp_path):
     fail = subprocess.run(QWEN + ["check-config", str(bad)], capture_output=True, text=True)
     assert fail.returncode == 2
     assert fail.stderr.strip().splitlines() == [f"qwen-fluent: error: unknown key 'potr' in [server] in {bad}; "
-                                                "did you mean 'port'? (known: host, port, shutdown_grace, tls_cert, "
+                                                "did you mean 'port'? (known: allowed_networks, host, port, shutdown_grace, tls_cert, "
                                                 "tls_client_ca, tls_key, unix_socket, workers)"]
 
 
@@ -184,5 +184,5 @@ def test_unrecognised_log_tracks_a_bounded_number_of_reasons(caplog):
     for i in range(UnrecognisedLog.MAX_REASONS + 50):
         for _ in range(UnrecognisedLog.FIRST + 1):
             sample(f"reason{i}", "t", {})
-    assert len(sample._seen) == UnrecognisedLog.MAX_REASONS + 1  # the cap, plus the one shared slot
+    assert sample.sampler.kinds == UnrecognisedLog.MAX_REASONS + 1  # the cap, plus the one shared slot
     assert sum("(other)" in r.getMessage() for r in caplog.records) == UnrecognisedLog.FIRST

@@ -51,7 +51,7 @@ def test_limits_section(tmp_path):
 @pytest.mark.parametrize(
     "text,message",
     [
-        ("[server]\nprot = 1\n", "unknown key 'prot' in [server] in {path}; did you mean 'port'? (known: host, port,"),
+        ("[server]\nprot = 1\n", "unknown key 'prot' in [server] in {path}; did you mean 'port'? (known: allowed_networks, host, port,"),
         ("[serve]\nport = 1\n", "unknown section [serve] in {path}; did you mean [server]? (known: audit, auth, gpu,"),
         ("[metrics]\nzzz = 1\n", "unknown key 'zzz' in [metrics] in {path} (known: "),
         ('[server]\nport = "x"\n', "[server] port in {path} must be an integer, got 'x'"),

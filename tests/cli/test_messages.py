@@ -152,7 +152,7 @@ def test_bad_flag_value_is_argparse_naming_the_flag():
 
 
 @pytest.mark.parametrize("text,message", [
-    ("[server]\npotr = 24224\n", "unknown key 'potr' in [server] in {path}; did you mean 'port'? (known: host, port, "
+    ("[server]\npotr = 24224\n", "unknown key 'potr' in [server] in {path}; did you mean 'port'? (known: allowed_networks, host, port, "
      "shutdown_grace, tls_cert, tls_client_ca, tls_key, unix_socket, workers)"),
     ("[htttp]\nport = 8000\n", "unknown section [htttp] in {path}; did you mean [http]? (known: {sections})"),
     ("[gpu]\nenable = false\n", "unknown key 'enable' in [gpu] in {path}; did you mean 'enabled'? (known: "

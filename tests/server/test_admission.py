@@ -253,3 +253,58 @@ def test_past_the_memory_budget_the_largest_partial_message_is_closed() -> None:
     # the small holder is closed by the test itself, mid-message: truncated
     assert stats.errors == {"memory_budget": 1, "truncated": 1}
     assert server.buffered == 0  # every connection gave its share back when it closed
+
+
+def test_only_the_allowed_networks_may_connect() -> None:
+    """``allowed_networks``: an address outside them is refused as it is accepted, before it sends a byte."""
+    import ipaddress
+
+    async def main():
+        networks = (ipaddress.ip_network("127.0.0.2/32"), ipaddress.ip_network("10.0.0.0/8"))
+        server, sink = await start_server(allowed_networks=networks)
+        try:
+            outsider = await connect(server.port, "127.0.0.3")
+            refused = await closed(outsider[0], 2)
+            insider = await connect(server.port, "127.0.0.2")
+            ok = await acked(*insider, "c1")
+            insider[1].close()
+            outsider[1].close()
+            return refused, ok, server.stats, sink
+        finally:
+            await server.stop()
+
+    refused, ok, stats, sink = asyncio.run(main())
+    assert refused and ok
+    assert stats.errors["source_not_allowed"] == 1 and stats.connections_refused == 1
+    assert len(sink.messages) == 1
+
+
+def test_allowed_networks_from_the_command_line_and_a_bad_value() -> None:
+    from qwen_fluent.config import ConfigError, load
+
+    config = load(flags={"allowed_networks": "10.0.0.0/8, 192.168.1.7"}, environ={})
+    assert [str(n) for n in config.server.allowed_networks] == ["10.0.0.0/8", "192.168.1.7/32"]
+    with pytest.raises(ConfigError, match="--allowed-networks must list networks"):
+        load(flags={"allowed_networks": "10.0.0.0/8, nope"}, environ={})
+
+
+def test_refusals_are_all_counted_and_their_log_is_sampled(caplog) -> None:
+    """50 refused connections: 50 in the counter, the first 5 in the log and no more within the minute."""
+    import ipaddress
+
+    async def main():
+        server, _ = await start_server(allowed_networks=(ipaddress.ip_network("127.0.0.2/32"),))
+        try:
+            for _ in range(50):
+                reader, writer = await connect(server.port, "127.0.0.3")
+                await closed(reader, 2)
+                writer.close()
+            return server.stats
+        finally:
+            await server.stop()
+
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    stats = asyncio.run(main())
+    assert stats.errors["source_not_allowed"] == 50 and stats.connections_refused == 50
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refusing connection")]
+    assert len(lines) == 5 and lines[-1].endswith("from now on at most one line every 60 s for this reason")
