@@ -3,7 +3,7 @@
 A client that lost an ack resends the same chunk: Fluent Bit keeps the chunk
 on disk or in memory and writes the same bytes again (its ``chunk`` option is
 a digest of them), Fluentd resends its buffer chunk with the same chunk id.
-The digest is a 128-bit BLAKE2b over:
+The digest is SHA-256, cut to 128 bits, over:
 
 - the tag (the same records under another tag are another stream);
 - the ``chunk`` option, the ack id. Alone it identifies nothing (Fluent Bit
@@ -35,11 +35,17 @@ import msgpack
 
 from ..forward.events import Message
 
-#: Bytes of digest. 128 bits: the chance that two of 100k remembered digests
-#: collide is about 1e-29, and half the memory of SHA-256's 32 bytes.
+#: Bytes of digest kept. 128 bits: the chance that two of 100k remembered
+#: digests collide is about 1e-29, and half the memory of SHA-256's 32 bytes.
 DIGEST_SIZE = 16
-#: BLAKE2b's personalisation: digests of another format version never match these.
-PERSON = b"qf-dedup-v1"
+#: Hashed first: digests of another format version never match these (v1 was BLAKE2b).
+PERSON = b"qf-dedup-v2"
+#: Why SHA-256 and not BLAKE2b: every payload byte is hashed, so this is on
+#: the hot path (9 % of serve's profile with BLAKE2b). CPUs with the SHA
+#: extensions (every AMD Zen, Intel since Ice Lake / Goldmont) run OpenSSL's
+#: SHA-256 at over twice BLAKE2b's speed: 0.30 against 0.66 ms per 512 KiB
+#: message measured on the development machine (AMD EPYC). Without them
+#: SHA-256 is the slower of the two, by about as much.
 
 
 def _field(h: Any, data: bytes) -> None:
@@ -58,7 +64,7 @@ def message_digest(message: Message) -> bytes | None:
     """The message's digest, or ``None`` for a message that asked for no ack (never deduplicated)."""
     if message.chunk is None:
         return None
-    h = hashlib.blake2b(digest_size=DIGEST_SIZE, person=PERSON)
+    h = hashlib.sha256(PERSON)
     _field(h, _text(message.tag))
     _field(h, _text(message.chunk))
     if message.payload is not None:
@@ -69,7 +75,7 @@ def message_digest(message: Message) -> bytes | None:
         packer = msgpack.Packer(use_bin_type=True, datetime=False)
         for entry in message.entries:
             _field(h, packer.pack((entry[0], entry[1], entry[2] if len(entry) > 2 else None)))
-    return h.digest()
+    return h.digest()[:DIGEST_SIZE]
 
 
 def record_count(message: Message) -> int:
