@@ -77,6 +77,18 @@ def _tokens(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(ok, values, 0).astype(np.int64), ok
 
 
+def _flat_view(counts: np.ndarray) -> np.ndarray:
+    """A 1-D view of a histogram's bucket counts, the same memory: the adds must land in the table.
+
+    ``reshape(-1)`` of a C-contiguous array is always a view; anything else would silently copy, and the
+    counts added to the copy would be lost, so it is refused. (Setting ``.shape``, which raised instead
+    of copying, is deprecated from NumPy 2.5.)
+    """
+    if not counts.flags.c_contiguous:
+        raise ValueError("histogram counts must be C-contiguous to be added to in place")
+    return counts.reshape(-1)
+
+
 class FastRequests:
     """Applies the typed request records of one message to ``metrics``, as ``normaliser`` + observe would."""
 
@@ -246,8 +258,7 @@ class FastRequests:
                     continue
                 b = np.searchsorted(bounds, v, side="left")
                 # Counts are integers: adding them in any order gives the same totals.
-                flat = gt.counts[j].view()
-                flat.shape = (-1,)  # a view of the same memory, or AttributeError: never a silent copy
+                flat = _flat_view(gt.counts[j])
                 np.add.at(flat, r * gt.widths[j] + b, 1)
                 np.add.at(gt.sums[j], r, v)  # float sums: in record order, as the reference adds them
                 if ex >= 0 and exemplars:
