@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also take records POSTed over HTTP on this port (Fluent Bit's http output; off by default)")
     i.add_argument("--stdin", action="store_true", default=None,
                    help="read log lines from standard input; no Forward port unless --port is given; exit at EOF")
+    i.add_argument("source", nargs="?", choices=["-"], metavar="-",
+                   help="'-': read log lines from standard input, the same as --stdin (`kubectl logs -f POD | "
+                        "qwen-fluent serve -`)")
     i.add_argument("--linger", action="store_true", default=None,
                    help="with --stdin: keep serving /metrics after the input ends, until a signal")
     r = serve.add_argument_group("exactly once (docs/reliability.md)")
@@ -131,6 +134,8 @@ def _serve(args: argparse.Namespace) -> int:
     from ..reliability import ReliabilityError
     from ..server.webconfig import WebConfigError
 
+    if args.source == "-":
+        args.stdin = True  # `serve -`: standard input as the source, as --stdin
     flags = {flag.dest: getattr(args, flag.dest, None) for flag in FLAGS}
     try:
         config = load(args.config, flags, stdout=args.stdout)

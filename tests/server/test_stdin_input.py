@@ -109,9 +109,9 @@ def seeded_lines(seed: int, n: int) -> tuple[bytes, dict[str, int], Counter[str]
     return ("\n".join(lines) + "\n").encode(), dict(outcomes), statuses
 
 
-def serve(*extra: str, stdin=subprocess.PIPE) -> tuple[subprocess.Popen, int]:
+def serve(*extra: str, stdin=subprocess.PIPE, source: str = "--stdin") -> tuple[subprocess.Popen, int]:
     port = free_port()
-    proc = subprocess.Popen(QWEN + ["serve", "--stdin", "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
+    proc = subprocess.Popen(QWEN + ["serve", source, "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
                                     "--no-gpu", *extra],
                             stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -187,13 +187,15 @@ def test_sigterm_while_the_pipe_is_open() -> None:
     assert "stopped" in err
 
 
-def test_a_regular_file_as_stdin(tmp_path: Path) -> None:
-    """``serve --stdin < file``: a regular file, which the event loop cannot poll, read to its end."""
+@pytest.mark.parametrize("source", ["--stdin", "-"])
+def test_a_regular_file_as_stdin(tmp_path: Path, source: str) -> None:
+    """``serve --stdin < file`` (or ``serve - < file``): a regular file, which the event loop cannot poll,
+    read to its end."""
     data, outcomes, statuses = seeded_lines(seed=3, n=500)
     path = tmp_path / "requests.log"
     path.write_bytes(data)
     with open(path, "rb") as f:
-        proc, port = serve("--linger", stdin=f)
+        proc, port = serve("--linger", stdin=f, source=source)
     try:
         samples = wait_metrics(port, lambda s: records(s) == outcomes)
         assert requests_by_status(samples) == statuses
