@@ -35,6 +35,7 @@ from qwen_fluent.metrics.exposition import Format, Registry, generate
 
 from .support.forward import ForwardClient
 from .support.receiver import ReceiverThread
+from .support.net import free_port
 from .support.truth import parse_text
 
 QWEN = [sys.executable, "-m", "qwen_fluent"]
@@ -54,14 +55,6 @@ SECRETS: dict[str, tuple[str, str]] = {
 LEAKS = ("4111 1111", "4111111111111111", "138 1234", "13812345678", "john.doe", "example.co.uk",
          "11010519491231002X", "9f8e7d6c5b4a", "4f9K2mZq8Lr1", "sk-proj")
 PODS = (("team-a", "vllm-qwen-7b-5d8f9-aaaaa"), ("team-a", "vllm-qwen-7b-5d8f9-bbbbb"), ("team-b", "tgi-7b-0"))
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def kubernetes(namespace: str, pod: str) -> dict:

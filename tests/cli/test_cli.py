@@ -13,13 +13,9 @@ import urllib.request
 
 import msgpack
 
+from tests.support.net import free_port
+
 QWEN = [sys.executable, "-m", "qwen_fluent"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, seconds: float = 15) -> bytes:

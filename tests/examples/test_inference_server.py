@@ -31,7 +31,6 @@ import importlib.util
 import json
 import math
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -44,6 +43,8 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.example_service
 
@@ -68,12 +69,6 @@ class Served:
     truth: list[dict[str, Any]]
     lines: list[dict[str, Any]]
     stderr: str
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, seconds: float, what: str):

@@ -27,6 +27,7 @@ from typing import Any
 
 import msgpack
 
+from tests.support.net import free_port
 from tests.support.truth import parse_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,12 +36,6 @@ START_TIMEOUT = 30.0
 GOOD_SOURCE = "127.0.0.1"
 #: The model of the good client's records; no attacker sends it, so its count is the good client's alone.
 GOOD_MODEL = "qwen2.5-7b-good"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ReceiverProcess:

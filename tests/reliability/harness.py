@@ -14,6 +14,8 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.net import free_port
+
 QWEN = [sys.executable, "-m", "qwen_fluent"]
 
 #: Samples that describe the process or the moment, not what was counted: left out when two
@@ -22,12 +24,6 @@ VOLATILE = ("process_start_time_seconds", "qwen_fluent_connections_active", "qwe
             "qwen_fluent_build_info")
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, seconds: float = 20.0) -> bytes:

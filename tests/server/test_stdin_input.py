@@ -23,20 +23,13 @@ from pathlib import Path
 
 import pytest
 
+from ..support.net import free_port
 from ..support.truth import parse_text
 
 QWEN = [sys.executable, "-m", "qwen_fluent"]
 STATUSES = ("success", "error", "timeout")
 #: Seconds a process has to start serving, or to exit after EOF or a signal.
 SECONDS = 20.0
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,15 +19,10 @@ import urllib.error
 import urllib.request
 
 from tests.support.forward import ForwardClient
+from tests.support.net import free_port
 from tests.support.truth import parse_text
 
 TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(url: str) -> tuple[int, bytes]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from .net import free_port
 
 #: Seconds Prometheus may take to open its port and load its configuration.
 #: It starts in well under a second here; 30 s covers a loaded CI machine.
@@ -54,13 +55,6 @@ def require_binary(name: str = "prometheus") -> str:
             pytrace=False,
         )
     return path
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PrometheusServer:
