@@ -10,7 +10,6 @@ digest, which proves the server knows the shared key too.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import socket
@@ -18,6 +17,7 @@ from typing import Any, Iterator
 
 import msgpack
 
+from ..forward import field_bytes, sha512_hex
 from .errors import HandshakeError, HandshakeRefused, UnexpectedReply
 
 #: Bytes of replies the reader holds before a whole object is complete. A
@@ -56,21 +56,6 @@ def ack_of(reply: Any) -> str:
     raise UnexpectedReply(f"expected an ack, got {reply!r:.200}")
 
 
-def _bytes(value: Any) -> bytes | None:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    return None
-
-
-def _sha512_hex(*parts: bytes) -> str:
-    h = hashlib.sha512()
-    for part in parts:
-        h.update(part)
-    return h.hexdigest()
-
-
 class ClientHandshake:
     """The client half of one connection's handshake: :meth:`ping` answers the HELO, :meth:`check_pong` the PONG.
 
@@ -98,15 +83,15 @@ class ClientHandshake:
         """The packed PING answering ``helo`` (a decoded ``["HELO", {...}]``)."""
         if not (isinstance(helo, list) and len(helo) == 2 and helo[0] == "HELO" and isinstance(helo[1], dict)):
             raise HandshakeError(f"expected a HELO from a receiver with a shared key, got {helo!r:.200}")
-        nonce = _bytes(helo[1].get("nonce"))
-        auth_salt = _bytes(helo[1].get("auth", b""))
+        nonce = field_bytes(helo[1].get("nonce"))
+        auth_salt = field_bytes(helo[1].get("auth", b""))
         if not nonce or auth_salt is None:
             raise HandshakeError(f"malformed HELO: {helo!r:.200}")
         self._nonce = nonce
         host = self.hostname.encode()
-        digest = _sha512_hex(self._salt, host, nonce, self._key)
+        digest = sha512_hex(self._salt, host, nonce, self._key)
         user = self.username.encode()
-        password_digest = _sha512_hex(auth_salt, user, self._password) if auth_salt else ""
+        password_digest = sha512_hex(auth_salt, user, self._password) if auth_salt else ""
         return msgpack.packb(["PING", self.hostname, self._salt.decode("ascii"), digest, self.username,
                               password_digest], use_bin_type=True)
 
@@ -118,10 +103,10 @@ class ClientHandshake:
             raise HandshakeError(f"expected a PONG, got {pong!r:.200}")
         if not pong[1]:
             raise HandshakeRefused(str(pong[2]))
-        host, digest = _bytes(pong[3]), _bytes(pong[4])
+        host, digest = field_bytes(pong[3]), field_bytes(pong[4])
         if host is None or digest is None:
             raise HandshakeError(f"malformed PONG: {pong!r:.200}")
-        expected = _sha512_hex(self._salt, host, self._nonce, self._key)
+        expected = sha512_hex(self._salt, host, self._nonce, self._key)
         if not hmac.compare_digest(expected.encode(), digest):
             raise HandshakeError("the PONG's digest is wrong: the receiver does not know the shared key")
         self.server_hostname = host.decode("utf-8", "replace")

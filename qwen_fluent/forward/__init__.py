@@ -23,11 +23,13 @@ from .events import (
     Signal,
     SkippedMessage,
 )
-from .handshake import AuthConfig
+from .handshake import AuthConfig, field_bytes, sha512_hex
 from .limits import Limits
 from .packed import decode_record, entry_seconds, is_map, split_packed
 
 __all__ = [
+    "field_bytes",
+    "sha512_hex",
     "NEED_DATA",
     "AuthConfig",
     "AuthFailed",

@@ -52,8 +52,8 @@ class AuthConfig:
             raise ValueError("self_hostname must not be empty")
 
 
-def _as_bytes(value: Any) -> bytes | None:
-    """A PING field as the exact bytes that were on the wire.
+def field_bytes(value: Any) -> bytes | None:
+    """A handshake field (HELO, PING, PONG) as the exact bytes that were on the wire; ``None`` if not a string.
 
     Strings were decoded with ``surrogateescape``, so encoding them back the same
     way gives the original bytes, valid UTF-8 or not.
@@ -65,7 +65,8 @@ def _as_bytes(value: Any) -> bytes | None:
     return None
 
 
-def _hexdigest(*parts: bytes) -> str:
+def sha512_hex(*parts: bytes) -> str:
+    """The hex SHA-512 of ``parts`` in order: every digest of the secure-forward handshake, both sides."""
     h = hashlib.sha512()
     for part in parts:
         h.update(part)
@@ -110,13 +111,13 @@ class ServerHandshake:
         """Verify a decoded PING and return the PONG to send."""
         if not (isinstance(message, list) and len(message) == 6 and message[0] == "PING"):
             return self._fail(INVALID_PING)
-        fields = [_as_bytes(v) for v in message[1:]]
+        fields = [field_bytes(v) for v in message[1:]]
         if any(v is None for v in fields):
             return self._fail(INVALID_PING)
         hostname, salt, digest, username, password_digest = fields  # type: ignore[misc]
         host_text = hostname.decode("utf-8", "replace")
         user_text = username.decode("utf-8", "replace")
-        expected = _hexdigest(salt, hostname, self.nonce, self._shared_key)
+        expected = sha512_hex(salt, hostname, self.nonce, self._shared_key)
         if not hmac.compare_digest(expected.encode(), digest):
             return self._fail(SHARED_KEY_MISMATCH, host_text, user_text)
         if self.config.users:
@@ -125,9 +126,9 @@ class ServerHandshake:
                 # Compare anyway so that an unknown user costs the same time as a known one.
                 hmac.compare_digest(b"0" * 128, password_digest)
                 return self._fail(USER_MISMATCH, host_text, user_text)
-            expected_pw = _hexdigest(self.auth_salt, username, password.encode())
+            expected_pw = sha512_hex(self.auth_salt, username, password.encode())
             if not hmac.compare_digest(expected_pw.encode(), password_digest):
                 return self._fail(USER_MISMATCH, host_text, user_text)
-        server_digest = _hexdigest(salt, self._hostname, self.nonce, self._shared_key)
+        server_digest = sha512_hex(salt, self._hostname, self.nonce, self._shared_key)
         pong = msgpack.packb(["PONG", True, "", self.config.self_hostname, server_digest], use_bin_type=True)
         return PingResult(True, "", host_text, user_text, pong)
