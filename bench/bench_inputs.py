@@ -31,10 +31,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import http.client
-import multiprocessing
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -96,40 +94,13 @@ def post_all(out: Connection, port: int, content_type: str, encoding: str, bodie
 
 
 def http_intake(name: str, content_type: str, encoding: str, bodies: list[bytes], records: int) -> bench.Intake:
-    forward_port, metrics_port, http_port = bench.free_port(), bench.free_port(), bench.free_port()
-    command = bench.serve_command() + ["serve", "--host", "127.0.0.1", "--port", str(forward_port),
-                                       "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
-                                       "--http-input-port", str(http_port), "--no-gpu"]
-    with tempfile.TemporaryFile() as log_file:
-        def log() -> str:
-            log_file.seek(0)
-            return log_file.read()[-4000:].decode(errors="replace")
-
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
-        try:
-            bench.wait_ready(metrics_port, "/readyz", proc, log)
-            ctx = multiprocessing.get_context("fork")
-            reader, writer = ctx.Pipe(duplex=False)
-            client = ctx.Process(target=post_all, args=(writer, http_port, content_type, encoding, bodies))
-            cpu0 = bench.cpu_seconds(proc.pid)
-            client.start()
-            writer.close()
-            if not reader.poll(bench.RUN_TIMEOUT):
-                client.kill()
-                raise bench.BenchError(f"{name}: no answer from the client:\n{log()}")
-            answer = reader.recv()
-            cpu1 = bench.cpu_seconds(proc.pid)
-            client.join()
-            if answer[0] != "ok":
-                raise bench.BenchError(f"{name}: client failed: {answer[1]}\n{log()}")
-            _, seconds, ok = answer
-            accepted, requests = bench.server_counts(metrics_port)
-            counted = {"requests answered 200": (ok, len(bodies)),
-                       'qwen_fluent_records_total{outcome="accepted"}': (accepted, records),
-                       "sum(qwen_requests_total)": (requests, records)}
-            return bench.Intake(f"HTTP {name}", records, seconds, cpu1 - cpu0, bench.peak_rss(proc.pid), counted)
-        finally:
-            bench.stop(proc)
+    run = bench.served_run(name, ["--http-input-port", "{extra_port}"],
+                           lambda writer, _, http_port: (post_all, (writer, http_port, content_type, encoding, bodies)))
+    seconds, ok = run.answer
+    counted = {"requests answered 200": (ok, len(bodies)),
+               'qwen_fluent_records_total{outcome="accepted"}': (run.accepted, records),
+               "sum(qwen_requests_total)": (run.requests, records)}
+    return bench.Intake(f"HTTP {name}", records, seconds, run.cpu, run.rss, counted)
 
 
 def stdin_intake(lines: bytes, records: int) -> bench.Intake:

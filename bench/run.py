@@ -287,14 +287,29 @@ def server_counts(port: int) -> tuple[int, int]:
     return accepted, requests
 
 
-def serve_intake(stream: workload.Stream, window: int, connections: int, scrape: bool, workers: int = 1,
-                 baseline: list[str] | None = None) -> Intake:
-    """One run of ``serve`` (or of the ``baseline`` command line's, ``--baseline``) taking ``stream``."""
-    forward_port, metrics_port = free_port(), free_port()
-    command = (baseline or serve_command()) + ["serve", "--host", "127.0.0.1", "--port", str(forward_port),
-                                 "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port), "--no-gpu"]
-    if workers > 1:
-        command += ["--workers", str(workers)]
+@dataclasses.dataclass
+class ServedRun:
+    """What :func:`served_run` measured: the client's answer (after its ``"ok"``), the receiver's CPU
+    seconds while the client ran, its peak RSS, and its counts read back from /metrics."""
+
+    answer: tuple[Any, ...]
+    cpu: float
+    rss: float
+    accepted: int
+    requests: int
+
+
+def served_run(name: str, extra: list[str], client: Callable[[Any, int, int], tuple[Callable[..., None], tuple]],
+               command: list[str] | None = None, during: Callable[[int], Any] | None = None) -> ServedRun:
+    """Start ``serve`` (``command``, default :func:`serve_command`) on free ports with ``extra`` flags,
+    run ``client(writer, forward_port, extra_port)``'s target in a forked process once /readyz answers,
+    and measure the receiver while it runs. ``extra`` may hold ``{extra_port}`` for one more port (the
+    HTTP input's). ``during(metrics_port)`` starts something beside the client (a scraper) and returns
+    an object with ``stop()``. The client sends ``("ok", ...)`` or ``("error", text)`` on its pipe."""
+    forward_port, metrics_port, extra_port = free_port(), free_port(), free_port()
+    command = (command or serve_command()) + [
+        "serve", "--host", "127.0.0.1", "--port", str(forward_port), "--metrics-host", "127.0.0.1",
+        "--metrics-port", str(metrics_port), "--no-gpu"] + [a.format(extra_port=extra_port) for a in extra]
     with tempfile.TemporaryFile() as log_file:
         def log() -> str:
             log_file.seek(0)
@@ -306,39 +321,53 @@ def serve_intake(stream: workload.Stream, window: int, connections: int, scrape:
             # fork: the child shares the parent's messages instead of pickling hundreds of MiB.
             ctx = multiprocessing.get_context("fork")
             reader, writer = ctx.Pipe(duplex=False)
-            client = ctx.Process(target=forward_client.child, args=(
-                writer, forward_port, stream.messages, stream.chunks, window, connections))
+            target, args = client(writer, forward_port, extra_port)
+            child = ctx.Process(target=target, args=args)
             cpu0 = cpu_seconds(proc.pid)
-            client.start()
+            child.start()
             writer.close()
-            scraper = Scraper(metrics_port) if scrape else None
-            if scraper:
-                scraper.start()
+            beside = during(metrics_port) if during else None
             if not reader.poll(RUN_TIMEOUT):
-                client.kill()
-                raise BenchError(f"{stream.name}: no answer from the client after {RUN_TIMEOUT:.0f} s:\n{log()}")
+                child.kill()
+                raise BenchError(f"{name}: no answer from the client after {RUN_TIMEOUT:.0f} s:\n{log()}")
             answer = reader.recv()
             cpu1 = cpu_seconds(proc.pid)
-            if scraper:
-                scraper.stop()
-            client.join()
+            if beside:
+                beside.stop()
+            child.join()
             if answer[0] != "ok":
-                raise BenchError(f"{stream.name}: client failed: {answer[1]}\n{log()}")
-            _, seconds, acked = answer
+                raise BenchError(f"{name}: client failed: {answer[1]}\n{log()}")
             accepted, requests = server_counts(metrics_port)
-            counted = {"messages acked": (acked, len(stream.messages)),
-                       'qwen_fluent_records_total{outcome="accepted"}': (accepted, stream.records),
-                       "sum(qwen_requests_total)": (requests, stream.records)}
-            name = f"qwen-fluent {stream.name}" + (" + scrapes" if scrape else "")
-            if workers > 1:
-                name += f" --workers {workers}, {connections} connections"
-            if baseline:
-                name = "baseline " + name
-            return Intake(name, stream.records,
-                          seconds, cpu1 - cpu0, peak_rss(proc.pid), counted,
-                          scraper.latencies if scraper else [], scraper.errors if scraper else [])
+            return ServedRun(tuple(answer[1:]), cpu1 - cpu0, peak_rss(proc.pid), accepted, requests)
         finally:
             stop(proc)
+
+
+def serve_intake(stream: workload.Stream, window: int, connections: int, scrape: bool, workers: int = 1,
+                 baseline: list[str] | None = None) -> Intake:
+    """One run of ``serve`` (or of the ``baseline`` command line's, ``--baseline``) taking ``stream``."""
+    scrapers: list[Scraper] = []
+
+    def scraper(metrics_port: int) -> Scraper:
+        scrapers.append(Scraper(metrics_port))
+        scrapers[0].start()
+        return scrapers[0]
+
+    run = served_run(stream.name, ["--workers", str(workers)] if workers > 1 else [],
+                     lambda writer, port, _: (forward_client.child, (
+                         writer, port, stream.messages, stream.chunks, window, connections)),
+                     command=baseline, during=scraper if scrape else None)
+    seconds, acked = run.answer
+    counted = {"messages acked": (acked, len(stream.messages)),
+               'qwen_fluent_records_total{outcome="accepted"}': (run.accepted, stream.records),
+               "sum(qwen_requests_total)": (run.requests, stream.records)}
+    name = f"qwen-fluent {stream.name}" + (" + scrapes" if scrape else "")
+    if workers > 1:
+        name += f" --workers {workers}, {connections} connections"
+    if baseline:
+        name = "baseline " + name
+    return Intake(name, stream.records, seconds, run.cpu, run.rss, counted,
+                  scrapers[0].latencies if scrapers else [], scrapers[0].errors if scrapers else [])
 
 
 def exporter_intake(lines: bytes, records: int) -> Intake:
