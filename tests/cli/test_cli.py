@@ -8,26 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import msgpack
 
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_http
 
 QWEN = [sys.executable, "-m", "qwen_fluent"]
-
-
-def wait_http(url: str, seconds: float = 15) -> bytes:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return r.read()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def test_help_lists_commands():

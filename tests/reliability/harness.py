@@ -10,11 +10,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_http
 
 QWEN = [sys.executable, "-m", "qwen_fluent"]
 
@@ -24,18 +23,6 @@ VOLATILE = ("process_start_time_seconds", "qwen_fluent_connections_active", "qwe
             "qwen_fluent_build_info")
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def get(url: str, seconds: float = 20.0) -> bytes:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return r.read()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def samples(text: str, volatile: tuple[str, ...] = VOLATILE) -> Samples:
@@ -79,7 +66,7 @@ class Serve:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve exited with {self.proc.returncode}: {self.stderr()}")
             try:
-                get(f"http://127.0.0.1:{self.metrics_port}/readyz", 0.5)
+                wait_http(f"http://127.0.0.1:{self.metrics_port}/readyz", 0.5, interval=0.05)
                 return self
             except OSError:
                 if time.monotonic() > deadline:
@@ -87,7 +74,7 @@ class Serve:
                 time.sleep(0.05)
 
     def scrape(self) -> Samples:
-        return samples(get(f"http://127.0.0.1:{self.metrics_port}/metrics").decode())
+        return samples(wait_http(f"http://127.0.0.1:{self.metrics_port}/metrics", 20.0, interval=0.05).decode())
 
     def settled(self) -> Samples:
         """A scrape once two in a row agree: the server bumps some counters (acks) just after the write
@@ -102,10 +89,10 @@ class Serve:
 
     def scrape_all(self) -> Samples:
         """Every sample, the volatile ones included."""
-        return samples(get(f"http://127.0.0.1:{self.metrics_port}/metrics").decode(), ())
+        return samples(wait_http(f"http://127.0.0.1:{self.metrics_port}/metrics", 20.0, interval=0.05).decode(), ())
 
     def raw(self) -> str:
-        return get(f"http://127.0.0.1:{self.metrics_port}/metrics").decode()
+        return wait_http(f"http://127.0.0.1:{self.metrics_port}/metrics", 20.0, interval=0.05).decode()
 
     def stderr(self) -> str:
         self.log.seek(0)
