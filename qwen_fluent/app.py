@@ -191,6 +191,7 @@ class Receiver:
         from .metrics.exposition import Registry
         from .pipeline import MetricsSink
         from .records import Normaliser
+        from .reliability import Reliability, ReliabilityConfig
         from .server.http import MetricsHTTPServer
         from .stdout import StdoutSink
 
@@ -200,8 +201,6 @@ class Receiver:
         self.metrics = LLMMetrics(config.metrics)
         self.registry.register(self.metrics)
         self.registry.register(ReceiverCollector(self.stats))
-        from .reliability import Reliability, ReliabilityConfig
-
         # Duplicate window, checkpoints, shared store (docs/reliability.md). The checkpoint is restored
         # here, before any listener opens: what it holds is the base every new message adds to.
         self.reliability = Reliability(config.reliability or ReliabilityConfig(), self.metrics, self.stats)
