@@ -116,6 +116,29 @@ RequestRecord = msgspec.defstruct("RequestRecord", _struct_fields(), gc=False)
 LeanRequestRecord = msgspec.defstruct("LeanRequestRecord", _struct_fields(lean=True), gc=False,
                                       forbid_unknown_fields=True)
 
+#: The fields that decide a record's label sets, besides its kubernetes map and the tag (the
+#: fast path groups records by their raw values, ``qwen_fluent.metrics.fast``).
+LABEL_FIELDS = ("status", "http_status", "status_code", "http_status_code", "error", "error_type", "path", "model",
+                "method")
+
+
+def _columns() -> tuple[tuple[str, str, int], ...]:
+    kinds = {name: ("measure", slot) for slot, name in enumerate(MEASUREMENTS)}
+    kinds.update({name: ("label", slot) for slot, name in enumerate(LABEL_FIELDS)})
+    kinds.update(timestamp=("stamp", 0), request_id=("span", 0), kubernetes=("keyed", 0))
+    return tuple((name, *kinds.get(name, ("skip", 0))) for name in LeanRequestRecord.__struct_fields__)
+
+
+#: :data:`LeanRequestRecord` as a schema for ``qwen_fluent.forward.scan.PackedScanner`` (key, kind,
+#: slot): the same keys, so the scanner takes exactly the records the lean decoder takes (it refuses
+#: more: see that module); the envelope is skipped, the measurements are columns in
+#: :data:`MEASUREMENTS` order, the label fields group records in :data:`LABEL_FIELDS` order with the
+#: kubernetes map, ``timestamp`` numbers them by stamp, and ``request_id`` is found where it lies.
+COLUMNS = _columns()
+
+#: One scalar field's bytes, as :data:`LeanRequestRecord` reads it (the scanner's stamps and spans).
+scalar = msgspec.msgpack.Decoder(Optional[Scalar])
+
 _decoder = msgspec.msgpack.Decoder(RequestRecord)
 _FALLBACK = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 
