@@ -35,15 +35,18 @@ every sample.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from itertools import chain, repeat
 from operator import attrgetter, itemgetter
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from ..forward import Limits, decode_record
+from ..forward.scan import ScannedPayload
 from ..records.normaliser import Normaliser
-from ..records.typed import MEASUREMENTS, request_event
+from ..records.typed import LABEL_FIELDS, MEASUREMENTS, LeanRequestRecord, request_event, scalar
 from ..records.values import MAX_DURATION_S, MAX_GPU_MEMORY_BYTES, MAX_TOKENS, MIB, label
 from .llm import MAX_RAW_KEYS, LLMMetrics, raw_key_size
 
@@ -55,12 +58,17 @@ _measurements = attrgetter(*MEASUREMENTS)
 #: What decides a record's label sets, besides its kubernetes map and the tag. Raw values: two
 #: records share a cached resolution only if these are equal (error texts make distinct keys,
 #: which costs cache room, never correctness).
-_label_fields = attrgetter("status", "http_status", "status_code", "http_status_code", "error", "error_type",
-                           "path", "model", "method")
+_label_fields = attrgetter(*LABEL_FIELDS)
 _kubernetes = attrgetter("kubernetes")
 _timestamp = attrgetter("timestamp")
+
+
+def _request_id(recs: list[Any]) -> Callable[[int], Any]:
+    return lambda i: recs[i].request_id
 #: A cached resolution's rows, one per request group.
 _rows = itemgetter(2)
+#: A record the scanner took, read for its label set (the first record of a label combination not cached).
+_lean = msgspec.msgpack.Decoder(LeanRequestRecord)
 
 
 def _ms(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -153,6 +161,9 @@ class FastRequests:
 
     def _remember(self, key: tuple[Any, ...], series: tuple[Any, ...], folds: tuple[str, ...]) -> None:
         """Cache a raw label tuple's resolution: its label set per request group, folds, and rows."""
+        self._cache(key, (series, folds, tuple(s.row for s in series)))
+
+    def _cache(self, key: tuple[Any, ...], resolution: tuple[Any, ...]) -> None:
         metrics = self.metrics
         cache = metrics.raw_keys
         if key not in cache:
@@ -161,7 +172,7 @@ class FastRequests:
                 cache.clear()  # bounded by count and bytes: emptied and refilled (MAX_RAW_KEY_BYTES)
                 metrics.raw_key_bytes = 0
             metrics.raw_key_bytes += size
-        cache[key] = (series, folds, tuple(s.row for s in series))
+        cache[key] = resolution
 
     # -- a whole message --------------------------------------------------------
 
@@ -171,7 +182,6 @@ class FastRequests:
         ``others`` is how many records of the message go the general way
         after these (they may admit log, vLLM or prompt label sets).
         """
-        metrics = self.metrics
         n = len(recs)
         if n == 0:
             return True
@@ -183,6 +193,89 @@ class FastRequests:
             m = np.fromiter(chain.from_iterable(rows), np.float64, 6 * n).reshape(n, 6)
         except TypeError:  # a None among them: the slower converter makes it NaN
             m = np.array(rows, dtype=np.float64).reshape(n, 6)
+
+        def stamps() -> np.ndarray:
+            # One parse per distinct value; a record without one takes the message's time.
+            raw_ts = list(map(_timestamp, recs))
+            found = {raw: now if ts is None else ts for raw, ts in self.timestamps(set(raw_ts)).items()}
+            if len(found) == 1:  # request logs of one message often share a stamp (to the second)
+                return np.full(n, next(iter(found.values())), dtype=np.float64)
+            return np.fromiter(map(found.__getitem__, raw_ts), np.float64, n)
+
+        return self._count(n, m, codes, hits, keys, firsts, stamps, recs.__getitem__, _request_id(recs), tag, now,
+                           others)
+
+    def apply_columns(self, cols: ScannedPayload, tag: Any, now: float) -> bool:
+        """:meth:`apply` for a payload the scanner read (``qwen_fluent.forward.scan``): the same counts, from
+        its columns; a record is decoded only where one is read whole (the first of a label combination
+        not cached, an exemplar's request id). ``False`` (nothing changed): read the payload otherwise.
+
+        A scanned record holds only keys :data:`LeanRequestRecord` takes, with the types it takes, so the
+        columns are those :meth:`apply` would build of the decoded records: the measurements as float64
+        (NaN for nil or absent), label combinations grouped by their raw bytes (equal bytes, equal values;
+        equal values in other bytes only cost a second cache entry), stamps by their raw bytes.
+        """
+        n = cols.n
+        payload = cols.payload
+        m = np.frombuffer(cols.measures, np.float64).reshape(n, len(MEASUREMENTS))
+        codes = np.frombuffer(cols.label_codes, np.int64).astype(np.intp, copy=False)
+        keys = [(key, tag) for key in cols.label_keys]
+        cache = self.metrics.raw_keys
+        hits = list(map(cache.get, keys))
+        bounds = np.frombuffer(cols.records, np.int64).reshape(n, 2)
+        spans = np.frombuffer(cols.spans, np.int64).reshape(n, 2)
+
+        def record(i: int) -> Any:
+            start, end = bounds[i].tolist()
+            return _lean.decode(payload[start:end])
+
+        try:
+            if None in hits:
+                # A combination the record-by-record path resolved (near a cap: ``remember``) is cached
+                # under its typed key: found by decoding its first record, then kept under both.
+                for c, hit in enumerate(hits):
+                    if hit is None:
+                        hit = cache.get(self.raw_key(record(cols.label_firsts[c]), tag))
+                        if hit is not None:
+                            self._cache(keys[c], hit)
+                            hits[c] = hit
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return False
+
+        def request_id(i: int) -> Any:
+            start, end = spans[i].tolist()
+            return scalar.decode(payload[start:end]) if end else None
+
+        def stamps() -> np.ndarray:
+            # As _stamp_entries and apply read them: a record's own stamp where usable, else its
+            # entry's time, else the message's.
+            values = list(map(scalar.decode, cols.stamp_values))
+            found = self.timestamps(set(values))
+            per_code = [found[v] for v in values]
+            stamp_codes = np.frombuffer(cols.stamp_codes, np.int64)
+            if None not in per_code:
+                return np.array(per_code, np.float64)[stamp_codes]
+            usable = np.array([ts is not None for ts in per_code])
+            ts = np.array([now if ts is None else ts for ts in per_code], np.float64)[stamp_codes]
+            times = np.frombuffer(cols.times, np.float64)
+            for i in np.flatnonzero(~usable[stamp_codes]).tolist():
+                when = self.normaliser.timestamp(float(times[i]))
+                ts[i] = now if when is None else when
+            return ts
+
+        try:
+            return self._count(n, m, codes, hits, keys, cols.label_firsts, stamps, record, request_id, tag, now, 0)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return False  # a record the lean decoder refuses after all (not expected): nothing was changed
+
+    def _count(self, n: int, m: np.ndarray, codes: np.ndarray, hits: list[Any], keys: list[Any], firsts: list[int],
+               stamps: Callable[[], np.ndarray], record: Callable[[int], Any], request_id: Callable[[int], Any],
+               tag: Any, now: float, others: int) -> bool:
+        """Count a message from its columns: ``m`` (n x 6 measurements), ``codes`` (each record's label
+        combination), per combination its cached resolution (``hits``, ``None`` if not cached), cache key
+        and first record; ``stamps()`` each record's time; ``record(i)`` and ``request_id(i)`` read one
+        record. ``False`` (nothing changed) where it must go record by record."""
+        metrics = self.metrics
         itok, itok_ok = _tokens(m[:, 0])
         otok, otok_ok = _tokens(m[:, 1])
         total, total_ok = _ms(m[:, 2])
@@ -193,7 +286,7 @@ class FastRequests:
             gpu_ok = (m[:, 5] >= 0) & (gpu <= MAX_GPU_MEMORY_BYTES)
         if not (itok_ok | otok_ok | total_ok | queue_ok | inference_ok | gpu_ok).all():
             return False  # the normaliser decides such a record on its id and status, or looks further
-        if None in hits and not self._admit(recs, tag, keys, firsts, hits, others):
+        if None in hits and not self._admit(record, tag, keys, firsts, hits, others):
             return False
         with np.errstate(invalid="ignore", divide="ignore"):
             tpot_ok = otok_ok & inference_ok & (otok > 0)
@@ -204,13 +297,7 @@ class FastRequests:
             "input_tokens": (itok, itok_ok), "output_tokens": (otok, otok_ok),
         }
 
-        # Timestamps: one parse per distinct value; a record without one takes the message's time.
-        raw_ts = list(map(_timestamp, recs))
-        stamps = {raw: now if ts is None else ts for raw, ts in self.timestamps(set(raw_ts)).items()}
-        if len(stamps) == 1:  # request logs of one message often share a stamp (to the second)
-            ts_arr = np.full(n, next(iter(stamps.values())), dtype=np.float64)
-        else:
-            ts_arr = np.fromiter(map(stamps.__getitem__, raw_ts), np.float64, n)
+        ts_arr = stamps()
 
         # Nothing below can refuse the message: update the state.
         groups = metrics.groups
@@ -262,7 +349,7 @@ class FastRequests:
                 np.add.at(flat, r * gt.widths[j] + b, 1)
                 np.add.at(gt.sums[j], r, v)  # float sums: in record order, as the reference adds them
                 if ex >= 0 and exemplars:
-                    self._exemplars(recs, hits, codes, g, idx, r, b, v, ts_arr, ex, gt.widths[j])
+                    self._exemplars(request_id, hits, codes, g, idx, r, b, v, ts_arr, ex, gt.widths[j])
 
         idx = np.flatnonzero(gpu_ok)
         if idx.size:
@@ -299,7 +386,7 @@ class FastRequests:
         cache = self.metrics.raw_keys
         return codes, list(map(cache.get, keys)), keys, firsts
 
-    def _admit(self, recs: list[Any], tag: Any, keys: list[tuple[Any, ...]], firsts: list[int],
+    def _admit(self, record: Callable[[int], Any], tag: Any, keys: list[tuple[Any, ...]], firsts: list[int],
                hits: list[Any], others: int) -> bool:
         """Admit the label sets of raw label tuples not seen yet, in record order, where no cap can
         make that order matter; fill ``hits``. ``False`` (nothing admitted): go record by record."""
@@ -307,7 +394,7 @@ class FastRequests:
         events = {}
         for c, hit in enumerate(hits):  # codes are numbered in record order of first appearance
             if hit is None:
-                event = self.event(recs[firsts[c]], tag)
+                event = self.event(record(firsts[c]), tag)
                 if event is None:
                     return False
                 events[c] = event
@@ -318,7 +405,7 @@ class FastRequests:
             hits[c] = metrics.raw_keys[keys[c]]
         return True
 
-    def _exemplars(self, recs: list[Any], hits: list[Any], codes: np.ndarray, g: int, idx: np.ndarray,
+    def _exemplars(self, request_id: Callable[[int], Any], hits: list[Any], codes: np.ndarray, g: int, idx: np.ndarray,
                    r: np.ndarray, b: np.ndarray, v: np.ndarray, ts: np.ndarray, ex: int, width: int) -> None:
         """Each (label set, bucket)'s last request id, as a record-by-record pass would leave it."""
         keys = r * width + b
@@ -328,7 +415,7 @@ class FastRequests:
         limit = self._limit
         for j, i, bucket, value, when in zip(last.tolist(), idx[last].tolist(), b[last].tolist(),
                                              v[last].tolist(), ts[last].tolist()):
-            rid = recs[i].request_id
+            rid = request_id(i)
             # label() of a short ASCII string is the string stripped; anything else goes through label().
             if type(rid) is str and len(rid) <= limit and rid.isascii():
                 rid = rid.strip()
@@ -339,7 +426,7 @@ class FastRequests:
                 k = keys[j]
                 for jj in range(j - 1, -1, -1):
                     if keys[jj] == k:
-                        rid = label(recs[int(idx[jj])].request_id, limit)
+                        rid = label(request_id(int(idx[jj])), limit)
                         if rid:
                             value, when = float(v[jj]), float(ts[jj])
                             break

@@ -80,10 +80,14 @@ RAW_KEY_OVERHEAD = 256
 
 
 def raw_key_size(key: tuple[Any, ...]) -> int:
-    """What a fast-path cache key (label fields, kubernetes bytes, tag) holds, in bytes (close enough)."""
-    fields, block, tag = key
-    return (RAW_KEY_OVERHEAD + len(block) + (len(tag) if isinstance(tag, (str, bytes)) else 0)
-            + sum(len(v) for v in fields if isinstance(v, str)))
+    """What a fast-path cache key holds, in bytes (close enough): (label fields, kubernetes bytes, tag)
+    from typed records, or (label values' and kubernetes map's bytes, tag) from the payload scanner."""
+    tag = key[-1]
+    size = RAW_KEY_OVERHEAD + (len(tag) if isinstance(tag, (str, bytes)) else 0)
+    if len(key) == 2:
+        return size + len(key[0])
+    fields, block, _ = key
+    return size + len(block) + sum(len(v) for v in fields if isinstance(v, str))
 
 
 def _tuple_getter(indices: list[int]) -> Callable[[Any], tuple[Any, ...]]:

@@ -4,7 +4,9 @@ Two receivers see the same PackedForward messages. The reference decodes
 every entry with msgpack in the connection and counts record by record
 (``MetricsSink(fast=False)``, ``defer_packed=False``); the fast one defers
 the payload, decodes request records into typed structs and counts each
-message column by column. Hypothesis builds the records: canonical request
+message column by column; a third does the same but reads payloads of lean
+request logs with the C scanner (``qwen_fluent.forward.scan``) where it is
+built, and the typed decoder only where the scanner refuses. Hypothesis builds the records: canonical request
 logs with every kind of value in every field (ints, floats, NaN, infinities,
 64-bit and larger integers, numeric strings, booleans, nil), the other
 spellings of the same fields, kubernetes maps from a small pool of pods,
@@ -33,7 +35,16 @@ from qwen_fluent.metrics import LLMMetrics, MetricsConfig
 from qwen_fluent.metrics.fast import FastRequests
 from qwen_fluent.pipeline import MetricsSink
 from qwen_fluent.records import Normaliser
-from qwen_fluent.records.typed import ENVELOPE, OTHER_SPELLINGS, LeanRequestRecord, RequestRecord
+from qwen_fluent.forward.scan import PackedScanner
+from qwen_fluent.records.typed import (
+    COLUMNS,
+    ENVELOPE,
+    MAX_TYPED_CHARS,
+    MAX_TYPED_KUBERNETES,
+    OTHER_SPELLINGS,
+    LeanRequestRecord,
+    RequestRecord,
+)
 from qwen_fluent.stats import ReceiverStats
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -129,10 +140,10 @@ def packed(tag: str, batch: list[Any], n: int) -> bytes:
 
 
 class Receiver:
-    def __init__(self, config: MetricsConfig, fast: bool) -> None:
+    def __init__(self, config: MetricsConfig, fast: bool, scan: bool = False) -> None:
         self.stats = ReceiverStats()
         self.metrics = LLMMetrics(config)
-        self.sink = MetricsSink(Normaliser(), self.metrics, self.stats, fast=fast)
+        self.sink = MetricsSink(Normaliser(), self.metrics, self.stats, fast=fast, scan=scan)
         self.fast = fast
 
     def feed(self, data: bytes) -> None:
@@ -151,6 +162,12 @@ class Receiver:
         return generate_latest(registry), generate_openmetrics(registry), dict(self.stats.records)
 
 
+def receivers(config: MetricsConfig) -> tuple[Receiver, list[Receiver]]:
+    """The reference, and the fast path twice: typed records only, and scanned columns where the scanner takes
+    a payload."""
+    return Receiver(config, fast=False), [Receiver(config, fast=True), Receiver(config, fast=True, scan=True)]
+
+
 @pytest.fixture(autouse=True)
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Records without a timestamp count at the message's receive time: the same in both runs."""
@@ -161,49 +178,60 @@ def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
 @given(config=configs, messages=st.lists(st.tuples(entries, st.booleans()), min_size=1, max_size=6))
 def test_fast_and_reference_paths_give_the_same_metrics(config: MetricsConfig,
                                                          messages: list[tuple[list[Any], bool]]) -> None:
-    ref, fast = Receiver(config, fast=False), Receiver(config, fast=True)
+    ref, fasts = receivers(config)
     clock = NOW
     for n, (batch, expire_after) in enumerate(messages):
         # Each message twice: the second time every label set is known, so the columnar pass runs.
         data = packed("kube.var.log.containers.vllm-0_ml_vllm-" + "a" * 64 + ".log", batch, n) * 2
-        ref.feed(data)
-        fast.feed(data)
-        if expire_after:
-            clock += 1000
-            ref.metrics.expire(clock)
-            fast.metrics.expire(clock)
-    assert fast.exposition() == ref.exposition()
+        for receiver in (ref, *fasts):
+            receiver.feed(data)
+            if expire_after:
+                receiver.metrics.expire(clock + 1000)
+        clock += 1000 if expire_after else 0
+    for fast in fasts:
+        assert fast.exposition() == ref.exposition()
 
 
-def _apply_calls(config: MetricsConfig, data: bytes) -> tuple[list[bool], Receiver]:
-    receiver = Receiver(config, fast=True)
+def _apply_calls(config: MetricsConfig, data: bytes, scan: bool = False) -> tuple[list[bool], Receiver]:
+    """What each columnar count of the fast path answered (True: counted by columns), in order."""
+    receiver = Receiver(config, fast=True, scan=scan)
     calls: list[bool] = []
-    apply = FastRequests.apply
+    count = FastRequests._count
 
     def spy(self: FastRequests, *args: Any) -> bool:
-        calls.append(apply(self, *args))
+        calls.append(count(self, *args))
         return calls[-1]
 
-    FastRequests.apply = spy  # type: ignore[method-assign]
+    FastRequests._count = spy  # type: ignore[method-assign]
     try:
         receiver.feed(data)
     finally:
-        FastRequests.apply = apply  # type: ignore[method-assign]
+        FastRequests._count = count  # type: ignore[method-assign]
     return calls, receiver
 
 
+def scanned(calls: list[bool]) -> list[bool]:
+    """``calls`` as the scanning receiver makes them: a message the scanned columns refuse is tried again as
+    typed records (which refuse it for the same reason), when the scanner is built."""
+    if not PackedScanner(COLUMNS, MAX_TYPED_CHARS, MAX_TYPED_KUBERNETES).available:
+        return calls
+    return [answer for call in calls for answer in ((call,) if call else (False, False))]
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["typed", "scanned"])
 @pytest.mark.parametrize("config,calls", [
     # Far from every cap: the 4 new label sets are admitted in record order, the message counted by columns.
     (MetricsConfig(), [True, True, True]),
     # At the pod cap, admission order matters: the first message goes record by record, the rest by columns.
     (MetricsConfig(label_limits={"pod": 4}), [False, True, True]),
 ], ids=["far-from-caps", "at-the-pod-cap"])
-def test_messages_of_request_logs_are_counted_column_by_column(config: MetricsConfig, calls: list[bool]) -> None:
+def test_messages_of_request_logs_are_counted_column_by_column(config: MetricsConfig, calls: list[bool],
+                                                               scan: bool) -> None:
     batch = [{"input_tokens": i, "total_time_ms": 10 * i, "status": "success", "request_id": f"r{i}",
               "kubernetes": PODS[i % 4]} for i in range(1, 200)]
     data = packed("t", batch, 0) * 3
-    seen, receiver = _apply_calls(config, data)
-    assert seen == calls
+    seen, receiver = _apply_calls(config, data, scan)
+    assert seen == (scanned(calls) if scan else calls)
     assert receiver.stats.records["accepted"] == 3 * len(batch)
     reference = Receiver(config, fast=False)
     reference.feed(data)
@@ -239,28 +267,29 @@ def pod_chunks(draw: Any) -> list[dict[Any, Any]]:
 @given(config=configs, messages=st.lists(st.tuples(pod_chunks(), st.booleans()), min_size=1, max_size=6))
 def test_one_pods_chunks_give_the_same_metrics(config: MetricsConfig,
                                                 messages: list[tuple[list[Any], bool]]) -> None:
-    ref, fast = Receiver(config, fast=False), Receiver(config, fast=True)
+    ref, fasts = receivers(config)
     clock = NOW
     for n, (batch, expire_after) in enumerate(messages):
         data = packed(f"kube.var.log.containers.vllm-{n % 2}_ml_vllm-" + "b" * 64 + ".log", batch, n) * 2
-        ref.feed(data)
-        fast.feed(data)
-        if expire_after:
-            clock += 1000
-            ref.metrics.expire(clock)
-            fast.metrics.expire(clock)
-    assert fast.exposition() == ref.exposition()
+        for receiver in (ref, *fasts):
+            receiver.feed(data)
+            if expire_after:
+                receiver.metrics.expire(clock + 1000)
+        clock += 1000 if expire_after else 0
+    for fast in fasts:
+        assert fast.exposition() == ref.exposition()
 
 
-def test_a_pods_chunk_with_folded_label_sets_is_counted_column_by_column() -> None:
+@pytest.mark.parametrize("scan", [False, True], ids=["typed", "scanned"])
+def test_a_pods_chunk_with_folded_label_sets_is_counted_column_by_column(scan: bool) -> None:
     """A pod's chunk with more paths than the cap: the first message goes record by record (a cap is in
     reach), the next ones by columns, each folded label tuple counting its folds once per record."""
     config = MetricsConfig(label_limits={"path": 2})
     batch = [{"input_tokens": i, "total_time_ms": 10 * i, "status": ("success", "error")[i % 2],
               "path": f"/v1/p{i % 5}", "request_id": f"r{i}", "kubernetes": PODS[0]} for i in range(1, 300)]
     data = packed("t", batch, 0) * 3
-    seen, receiver = _apply_calls(config, data)
-    assert seen == [False, True, True]
+    seen, receiver = _apply_calls(config, data, scan)
+    assert seen == (scanned([False, True, True]) if scan else [False, True, True])
     reference = Receiver(config, fast=False)
     reference.feed(data)
     assert receiver.metrics._space.overflow["path"] > 0  # the folds were counted, and below, as the reference does
@@ -313,13 +342,14 @@ def test_records_without_a_timestamp_count_at_their_entrys_time(times: list[Any]
                                           "status": "success"}]) for i, t in enumerate(times))
     data = msgpack.packb(["t", payload, {"chunk": "c", "size": len(times)}], use_bin_type=True)
     config = MetricsConfig(exemplars=True)
-    ref, fast = Receiver(config, fast=False), Receiver(config, fast=True)
-    ref.feed(data)
-    fast.feed(data)
-    assert fast.stats.records["accepted"] == len(times)
-    assert fast.exposition() == ref.exposition()
-    # The bucket's exemplar is the last record's, at its own entry time (not the receive time).
-    assert f' # {{request_id="r3"}} 0.005 {last}\n'.encode() in fast.exposition()[1]
+    ref, fasts = receivers(config)
+    for receiver in (ref, *fasts):
+        receiver.feed(data)
+    for fast in fasts:
+        assert fast.stats.records["accepted"] == len(times)
+        assert fast.exposition() == ref.exposition()
+        # The bucket's exemplar is the last record's, at its own entry time (not the receive time).
+        assert f' # {{request_id="r3"}} 0.005 {last}\n'.encode() in fast.exposition()[1]
 
 
 def test_the_label_cache_is_bounded_in_bytes_and_counts_stay_the_reference() -> None:
@@ -328,7 +358,7 @@ def test_the_label_cache_is_bounded_in_bytes_and_counts_stay_the_reference() -> 
     from qwen_fluent.metrics.llm import raw_key_size
 
     config = MetricsConfig()
-    ref, fast = Receiver(config, fast=False), Receiver(config, fast=True)
+    ref, fast = Receiver(config, fast=False), Receiver(config, fast=True, scan=True)
     fast.metrics.max_raw_key_bytes = 64 * 1024
     peak = 0
     for n in range(40):
