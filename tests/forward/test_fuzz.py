@@ -428,3 +428,37 @@ def test_short_strings_cost_at_most_twenty_times_their_size():
     peak, error = _peak(_pack(["t", gzip.compress(entry, 9), {"compressed": "gzip"}]), limits)
     assert error is None
     assert peak <= 25 * limits.max_decompressed_bytes
+
+
+# -- direct framing ------------------------------------------------------------------
+
+
+def _general(conn: ForwardConnection) -> ForwardConnection:
+    conn.direct_framing = False  # every message through msgpack's stream: the reference
+    return conn
+
+
+@FUZZ
+@given(messages=st.lists(forward_messages(), min_size=1, max_size=4), cuts=st.lists(st.integers(0, 4096), max_size=8),
+       flips=st.lists(st.tuples(st.integers(0), st.integers(0, 255)), max_size=2))
+def test_direct_framing_reads_what_the_stream_reads(messages, cuts, flips):
+    """PackedForward messages framed straight from the pending bytes (``ForwardConnection._direct``) give
+    the same events and the same error as msgpack's stream, for any messages, bytes flipped, in any split."""
+    data = bytearray(b"".join(m for m, _ in messages))
+    for at, value in flips:
+        data[at % len(data)] = value
+    pieces = _split(bytes(data), cuts)
+    direct = run_stream(ForwardConnection(limits=LIMITS, defer_packed=True), pieces)
+    general = run_stream(_general(ForwardConnection(limits=LIMITS, defer_packed=True)), pieces)
+    assert direct[0] == general[0]
+    assert type(direct[1]) is type(general[1])
+
+
+@FUZZ
+@given(seed=st.sampled_from(SEEDS), cuts=st.lists(st.integers(0, 4096), max_size=12))
+def test_direct_framing_reads_the_captures_as_the_stream_does(seed, cuts):
+    name, data = seed
+    direct = run_stream(_connection(name), _split(data, cuts))
+    general = run_stream(_general(_connection(name)), _split(data, cuts))
+    assert direct[0] == general[0]
+    assert type(direct[1]) is type(general[1])
