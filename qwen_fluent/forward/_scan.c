@@ -335,6 +335,66 @@ static size_t skip_value(const uint8_t *p, size_t n, int depth) {
     return used;
 }
 
+/* ---- ISO 8601 stamps ------------------------------------------------------------------------ */
+
+/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar (H. Hinnant's days_from_civil). */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
+    y -= m <= 2;
+    const int64_t era = (y >= 0 ? y : y - 399) / 400;
+    const unsigned yoe = (unsigned)(y - era * 400);
+    const unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+static int digits(const uint8_t *p, int n, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') return 0;
+        v = v * 10 + (p[i] - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+/* Seconds since the epoch of the commonest stamp forms, as Python's datetime reads them (a naive one
+   taken as UTC): YYYY-MM-DDTHH:MM:SS, then optionally '.' and 1 to 9 digits (microseconds: the first
+   six, padded), then nothing, 'Z' or '+00:00'; from 1970 to 2255. 0 for anything else, which the caller
+   leaves to Python (qwen_fluent.records.values.iso_seconds, the reference). The figure is the
+   microseconds since the epoch divided by 1e6, one correctly rounded division, which is what
+   datetime.timestamp() computes for an aware datetime (timedelta.total_seconds). */
+static int iso_stamp(const uint8_t *p, size_t n, double *out) {
+    unsigned year, month, day, hour, minute, second, fraction = 0;
+    if (n < 19 || n > 35) return 0;
+    if (p[4] != '-' || p[7] != '-' || p[10] != 'T' || p[13] != ':' || p[16] != ':') return 0;
+    if (!digits(p, 4, &year) || !digits(p + 5, 2, &month) || !digits(p + 8, 2, &day) ||
+        !digits(p + 11, 2, &hour) || !digits(p + 14, 2, &minute) || !digits(p + 17, 2, &second))
+        return 0;
+    size_t i = 19;
+    if (i < n && p[i] == '.') {
+        size_t start = ++i;
+        while (i < n && p[i] >= '0' && p[i] <= '9') i++;
+        size_t count = i - start;
+        if (count < 1 || count > 9) return 0;
+        for (size_t k = 0; k < 6; k++) fraction = fraction * 10 + (k < count ? (unsigned)(p[start + k] - '0') : 0);
+    }
+    if (i < n) {
+        if (n - i == 1 && p[i] == 'Z') i += 1;
+        else if (n - i == 6 && memcmp(p + i, "+00:00", 6) == 0) i += 6;
+        else return 0;
+    }
+    static const unsigned month_days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (year < 1970 || month < 1 || month > 12 || hour > 23 || minute > 59 || second > 59) return 0;
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    if (day < 1 || day > month_days[month - 1] + (month == 2 && leap)) return 0;
+    int64_t seconds = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second;
+    int64_t micros = seconds * 1000000 + fraction;
+    /* Exact as a double only below 2^53 (the year 2255): Python divides the exact integers. */
+    if (micros >= ((int64_t)1 << 53)) return 0;
+    *out = (double)micros / 1e6;
+    return 1;
+}
+
 /* ---- the scanner ---------------------------------------------------------------------------- */
 
 static void Scanner_dealloc(Scanner *self) {
@@ -528,10 +588,12 @@ PyDoc_STRVAR(Scanner_scan_doc,
 "The payload's records as columns, or None (refused: read it the reference way).\n"
 "expected: the entry count the message announced (its size option), or -1 for any.\n"
 "The tuple: (n, measures, times, label_codes, label_keys, label_firsts, stamp_codes,\n"
-"stamp_values, records, spans): measures n x M float64, times n float64 (EventTime\n"
+"stamp_values, stamp_seconds, records, spans): measures n x M float64, times n float64 (EventTime\n"
 "seconds + nanoseconds / 1e9), codes n int64, records n x 2 int64 (each record's\n"
 "start and end in the payload), spans n x S x 2 int64 (start and end, 0 0 if absent),\n"
-"all as bytes in native order; keys and values as lists of bytes, firsts of ints.");
+"stamp_seconds one float64 per stamp value (an ISO 8601 string of the common form read\n"
+" as seconds since the epoch; NaN for any other value), all as bytes in native order;\n"
+"keys and values as lists of bytes, firsts of ints.");
 
 static PyObject *Scanner_scan(Scanner *self, PyObject *args) {
     Py_buffer view;
@@ -541,6 +603,7 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *args) {
     size_t n = (size_t)view.len, pos = 0;
     Py_ssize_t hint = expected > 0 && expected <= max_entries ? expected : 64;
     Buf measures = {0}, times = {0}, lcodes = {0}, scodes = {0}, records = {0}, spans = {0}, key = {0};
+    Buf stamp_seconds = {0};
     Intern labels, stamps, keyed;
     int li = intern_init(&labels, hint), si = intern_init(&stamps, hint), ki = intern_init(&keyed, 8);
     PyObject *result = NULL, *out = NULL;
@@ -585,9 +648,19 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *args) {
             if (r < 0) { PyErr_NoMemory(); goto done; }
         }
         Py_ssize_t lc = intern(&labels, key.data, key.len, count);
+        Py_ssize_t known_stamps = stamps.count;
         Py_ssize_t sc = found.stamp_len ? intern(&stamps, p + start + found.stamp_off, found.stamp_len, count)
                                         : intern(&stamps, &NIL, 1, count);
         if (lc < 0 || sc < 0) { PyErr_NoMemory(); goto done; }
+        if (stamps.count > known_stamps) {  /* a stamp not seen in this payload: its seconds, or NaN */
+            double seconds = NAN;
+            Head sh;
+            const uint8_t *sv = p + start + found.stamp_off;
+            if (found.stamp_len && read_head(sv, found.stamp_len, &sh) && sh.type == T_STR &&
+                !iso_stamp(sv + sh.head, sh.body, &seconds))
+                seconds = NAN;
+            if (buf_put(&stamp_seconds, &seconds, sizeof seconds) < 0) { PyErr_NoMemory(); goto done; }
+        }
         int64_t lc64 = lc, sc64 = sc, rec[2] = {(int64_t)start, (int64_t)(start + used)};
         if (buf_put(&measures, row, sizeof(double) * nm) < 0 || buf_put(&times, &t, sizeof t) < 0 ||
             buf_put(&lcodes, &lc64, sizeof lc64) < 0 || buf_put(&scodes, &sc64, sizeof sc64) < 0 ||
@@ -636,11 +709,13 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *args) {
         }
         Py_DECREF(sfirsts);
         PyObject *bm = bytes_of_buf(&measures), *bt = bytes_of_buf(&times), *bl = bytes_of_buf(&lcodes),
-                 *bs = bytes_of_buf(&scodes), *br = bytes_of_buf(&records), *bp = bytes_of_buf(&spans);
-        if (bm && bt && bl && bs && br && bp)
-            out = Py_BuildValue("(nNNNNNNNNN)", count, bm, bt, bl, lkeys, lfirsts, bs, svalues, br, bp);
+                 *bs = bytes_of_buf(&scodes), *br = bytes_of_buf(&records), *bp = bytes_of_buf(&spans),
+                 *bss = bytes_of_buf(&stamp_seconds);
+        if (bm && bt && bl && bs && br && bp && bss)
+            out = Py_BuildValue("(nNNNNNNNNNN)", count, bm, bt, bl, lkeys, lfirsts, bs, svalues, bss, br, bp);
         else {
             Py_XDECREF(bm); Py_XDECREF(bt); Py_XDECREF(bl); Py_XDECREF(bs); Py_XDECREF(br); Py_XDECREF(bp);
+            Py_XDECREF(bss);
             Py_DECREF(lkeys); Py_DECREF(lfirsts); Py_DECREF(svalues);
         }
         result = out;
@@ -651,7 +726,7 @@ refuse:
     result = Py_None;
 done:
     PyMem_Free(measures.data); PyMem_Free(times.data); PyMem_Free(lcodes.data); PyMem_Free(scodes.data);
-    PyMem_Free(records.data); PyMem_Free(spans.data); PyMem_Free(key.data);
+    PyMem_Free(records.data); PyMem_Free(spans.data); PyMem_Free(key.data); PyMem_Free(stamp_seconds.data);
     intern_free(&labels); intern_free(&stamps); intern_free(&keyed);
     PyBuffer_Release(&view);
     return result;

@@ -77,7 +77,11 @@ class ScannedPayload(NamedTuple):
     values' msgpack bytes in slot order, nil for an absent one, then the
     keyed value's bytes), whose first record is ``label_firsts``.
     ``stamp_codes``: n int64 into ``stamp_values`` (msgpack bytes; nil for
-    absent). ``records``: n x 2 int64, each record's start and end in
+    absent); ``stamp_seconds``: per stamp value, float64 seconds since the
+    epoch where it is an ISO 8601 string of the commonest form
+    (``YYYY-MM-DDTHH:MM:SS``, up to 9 fractional digits, ``Z``, ``+00:00`` or
+    nothing, from 1970 to 2255), read as ``datetime`` reads it, else NaN (the
+    consumer parses those itself). ``records``: n x 2 int64, each record's start and end in
     ``payload``. ``spans``: n x S x 2 int64, each span field's start and end
     (0, 0 where absent).
     """
@@ -90,6 +94,7 @@ class ScannedPayload(NamedTuple):
     label_firsts: list[int]
     stamp_codes: bytes
     stamp_values: list[bytes]
+    stamp_seconds: bytes
     records: bytes
     spans: bytes
     payload: bytes

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+from datetime import datetime
 from typing import Any
 
 import msgpack
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 
 from qwen_fluent.forward import entry_seconds, split_packed
 from qwen_fluent.forward.scan import DISABLE_ENV, PackedScanner
+from qwen_fluent.records.values import iso_seconds
 from qwen_fluent.records.typed import (
     COLUMNS,
     LABEL_FIELDS,
@@ -234,3 +236,50 @@ def test_a_schema_must_be_well_formed() -> None:
         PackedScanner([("a", "stamp", 0), ("b", "stamp", 1)], 10, 10)
     with pytest.raises(KeyError):
         PackedScanner([("a", "nonsense", 0)], 10, 10)
+
+
+# -- stamps --------------------------------------------------------------------------------
+
+
+def stamp_seconds(text: str) -> float:
+    """What the scanner reads of a record's ``timestamp`` string (NaN: left to Python)."""
+    cols = SCANNER.scan(payload_of([{"timestamp": text, "input_tokens": 1}]), 1, MOST)
+    assert cols is not None
+    return float(np.frombuffer(cols.stamp_seconds, np.float64)[0])
+
+
+common_stamps = st.builds(
+    lambda moment, digits, zone: moment.strftime("%Y-%m-%dT%H:%M:%S")
+    + (("." + f"{moment.microsecond:06d}{moment.microsecond % 1000:03d}"[:digits]) if digits else "") + zone,
+    # to 2255: later, microseconds since the epoch pass 2^53 and the scanner leaves them to Python
+    st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2255, 1, 1)),
+    st.integers(min_value=0, max_value=9),
+    st.sampled_from(["", "Z", "+00:00"]),
+)
+
+
+@SETTINGS
+@given(text=common_stamps)
+def test_the_common_stamp_forms_are_read_as_iso_seconds_reads_them(text: str) -> None:
+    """Every stamp of the commonest forms is read in C, to the bit what the reference makes of it."""
+    if not SCANNER.available:
+        pytest.skip(f"{DISABLE_ENV} is set: the scanner is off on purpose")
+    assert stamp_seconds(text) == iso_seconds(text)
+
+
+@SETTINGS
+@given(text=st.one_of(
+    common_stamps.map(lambda t: t.replace("T", " ")),
+    st.builds(lambda t, at, c: t[:at] + c + t[at + 1:], common_stamps, st.integers(0, 34),
+              st.sampled_from(list("0123456789:-.TZz+ x"))),
+    st.text(alphabet="0123456789-:T.Z+ ", max_size=36),
+    st.sampled_from(["1969-12-31T23:59:59Z", "2025-02-29T00:00:00Z", "2025-04-05T24:00:00Z",
+                     "2025-04-05T10:23:60Z", "2025-04-05T10:23:45.Z", "2025-04-05T10:23:45.1234567890Z",
+                     "2025-13-01T00:00:00Z", "2025-04-31T00:00:00Z", "2024-02-29T12:00:00+00:00",
+                     "3112-01-01T00:00:00.0677", "9999-12-31T23:59:59.999999Z"]),
+))
+def test_any_other_stamp_is_left_to_python_or_read_the_same(text: str) -> None:
+    """Whatever the scanner reads of any string, the reference reads the same; the rest it leaves (NaN)."""
+    seconds = stamp_seconds(text)
+    if not math.isnan(seconds):
+        assert seconds == iso_seconds(text)
