@@ -170,6 +170,18 @@ def http_get(port: int, path: str, headers: dict[str, str] | None = None, timeou
         return exc.code, exc.read()
 
 
+def scanner_state() -> str:
+    """Whether qwen-fluent as this process imports it reads payloads with the C scanner (``serve`` then does
+    too, unless ``QWEN_FLUENT_BENCH_SERVE`` or ``--baseline`` names another install)."""
+    from qwen_fluent.forward.scan import DISABLE_ENV, PackedScanner
+
+    if PackedScanner((), 0, 0).available:
+        return "the C payload scanner (qwen_fluent.forward._scan) is built and in use"
+    if os.environ.get(DISABLE_ENV):
+        return f"the C payload scanner is turned off ({DISABLE_ENV}): the pure-Python path reads every payload"
+    return "the C payload scanner is NOT built (no C compiler at install): the pure-Python path reads every payload"
+
+
 def serve_command() -> list[str]:
     """The installed ``qwen-fluent``; ``QWEN_FLUENT_BENCH_SERVE`` overrides it (a command line, e.g. an
     older checkout's ``env PYTHONPATH=/tmp/old python3 -P -m qwen_fluent``, for a before/after in one run:
@@ -507,6 +519,7 @@ def main() -> int:
 
     print("qwen-fluent benchmark (bench/run.py)" + (" -- SMOKE: figures are not judged" if args.smoke else ""))
     print(f"machine: {machine()}")
+    print(f"scanner: {scanner_state()}")
     print(f"serve:   {' '.join(serve_command())} serve --host 127.0.0.1 --port P --metrics-host 127.0.0.1 "
           f"--metrics-port Q --no-gpu")
     t0 = time.perf_counter()

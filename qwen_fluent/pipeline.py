@@ -113,6 +113,11 @@ class MetricsSink:
         #: Reads a record's ``timestamp`` (and an entry's time, for a record without one).
         self._seconds = normaliser.timestamp if isinstance(normaliser, Normaliser) else epoch_seconds
 
+    @property
+    def scanning(self) -> bool:
+        """Whether payloads of request logs are read by the C scanner (``qwen_fluent.forward.scan``)."""
+        return self._scanner is not None
+
     def __call__(self, message: Message) -> None:
         now = time.time()
         with self._metrics.lock:

@@ -203,3 +203,15 @@ def test_misspelt_variable_is_warned_about_at_start(held):
     assert warnings == ["environment variable QWEN_FLUENT_METRICS_PROT is not a qwen-fluent setting and is ignored; "
                         "did you mean QWEN_FLUENT_METRICS_PORT?"]
     assert error_line(proc).startswith(f"qwen-fluent: error: Forward port {held} on 127.0.0.1 is already in use")
+
+
+def test_a_receiver_without_the_c_scanner_says_so_at_start(held):
+    """Half the intake speed is not something to find out from a graph: serve says which path reads payloads."""
+    proc = run(["serve", *LOCAL, "--port", str(held), "--metrics-port", "0"], {"QWEN_FLUENT_NO_SCAN": "1"})
+    warnings = [line.split(" WARNING qwen_fluent: ", 1)[1] for line in proc.stderr.splitlines()
+                if " WARNING qwen_fluent: " in line]
+    assert warnings == ["the C payload scanner is not in use (QWEN_FLUENT_NO_SCAN is set): PackedForward payloads "
+                        "are read on the pure-Python path, with the same results at about half the speed"]
+    # With the scanner (built wherever CI runs), nothing is said about it.
+    proc = run(["serve", *LOCAL, "--port", str(held), "--metrics-port", "0"])
+    assert "payload scanner" not in proc.stderr
