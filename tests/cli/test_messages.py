@@ -40,6 +40,12 @@ def error_line(proc: subprocess.CompletedProcess[str]) -> str:
     return proc.stderr.strip().splitlines()[-1]
 
 
+def warnings_of(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    """The text of each WARNING line qwen-fluent's own logger wrote to stderr."""
+    return [line.split(" WARNING qwen_fluent: ", 1)[1] for line in proc.stderr.splitlines()
+            if " WARNING qwen_fluent: " in line]
+
+
 @pytest.fixture
 def held() -> Iterator[int]:
     """A port on 127.0.0.1 that another program is listening on."""
@@ -198,8 +204,7 @@ def test_tls_key_that_is_not_the_certificates(tmp_path: Path):
 def test_misspelt_variable_is_warned_about_at_start(held):
     """A typo in a variable name does not stop serve (other tools share the prefix), but it is said, first."""
     proc = run(["serve", *LOCAL, "--port", str(held), "--metrics-port", "0"], {"QWEN_FLUENT_METRICS_PROT": "9"})
-    warnings = [line.split(" WARNING qwen_fluent: ", 1)[1] for line in proc.stderr.splitlines()
-                if " WARNING qwen_fluent: " in line]
+    warnings = warnings_of(proc)
     assert warnings == ["environment variable QWEN_FLUENT_METRICS_PROT is not a qwen-fluent setting and is ignored; "
                         "did you mean QWEN_FLUENT_METRICS_PORT?"]
     assert error_line(proc).startswith(f"qwen-fluent: error: Forward port {held} on 127.0.0.1 is already in use")
@@ -208,8 +213,7 @@ def test_misspelt_variable_is_warned_about_at_start(held):
 def test_a_receiver_without_the_c_scanner_says_so_at_start(held):
     """Half the intake speed is not something to find out from a graph: serve says which path reads payloads."""
     proc = run(["serve", *LOCAL, "--port", str(held), "--metrics-port", "0"], {"QWEN_FLUENT_NO_SCAN": "1"})
-    warnings = [line.split(" WARNING qwen_fluent: ", 1)[1] for line in proc.stderr.splitlines()
-                if " WARNING qwen_fluent: " in line]
+    warnings = warnings_of(proc)
     assert warnings == ["the C payload scanner is not in use (QWEN_FLUENT_NO_SCAN is set): PackedForward payloads "
                         "are read on the pure-Python path, with the same results at about half the speed"]
     # With the scanner (built wherever CI runs), nothing is said about it.

@@ -168,6 +168,21 @@ def receivers(config: MetricsConfig) -> tuple[Receiver, list[Receiver]]:
     return Receiver(config, fast=False), [Receiver(config, fast=True), Receiver(config, fast=True, scan=True)]
 
 
+def assert_same_metrics(config: MetricsConfig, stream: list[tuple[bytes, bool]]) -> None:
+    """Feed each message (and an expiry pass where asked) to the reference and both fast paths; compare."""
+    ref, fasts = receivers(config)
+    clock = NOW
+    for data, expire_after in stream:
+        if expire_after:
+            clock += 1000
+        for receiver in (ref, *fasts):
+            receiver.feed(data)
+            if expire_after:
+                receiver.metrics.expire(clock)
+    for fast in fasts:
+        assert fast.exposition() == ref.exposition()
+
+
 @pytest.fixture(autouse=True)
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Records without a timestamp count at the message's receive time: the same in both runs."""
@@ -178,18 +193,9 @@ def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
 @given(config=configs, messages=st.lists(st.tuples(entries, st.booleans()), min_size=1, max_size=6))
 def test_fast_and_reference_paths_give_the_same_metrics(config: MetricsConfig,
                                                          messages: list[tuple[list[Any], bool]]) -> None:
-    ref, fasts = receivers(config)
-    clock = NOW
-    for n, (batch, expire_after) in enumerate(messages):
-        # Each message twice: the second time every label set is known, so the columnar pass runs.
-        data = packed("kube.var.log.containers.vllm-0_ml_vllm-" + "a" * 64 + ".log", batch, n) * 2
-        for receiver in (ref, *fasts):
-            receiver.feed(data)
-            if expire_after:
-                receiver.metrics.expire(clock + 1000)
-        clock += 1000 if expire_after else 0
-    for fast in fasts:
-        assert fast.exposition() == ref.exposition()
+    # Each message twice: the second time every label set is known, so the columnar pass runs.
+    assert_same_metrics(config, [(packed("kube.var.log.containers.vllm-0_ml_vllm-" + "a" * 64 + ".log", batch, n) * 2,
+                                  expire_after) for n, (batch, expire_after) in enumerate(messages)])
 
 
 def _apply_calls(config: MetricsConfig, data: bytes, scan: bool = False) -> tuple[list[bool], Receiver]:
@@ -267,17 +273,8 @@ def pod_chunks(draw: Any) -> list[dict[Any, Any]]:
 @given(config=configs, messages=st.lists(st.tuples(pod_chunks(), st.booleans()), min_size=1, max_size=6))
 def test_one_pods_chunks_give_the_same_metrics(config: MetricsConfig,
                                                 messages: list[tuple[list[Any], bool]]) -> None:
-    ref, fasts = receivers(config)
-    clock = NOW
-    for n, (batch, expire_after) in enumerate(messages):
-        data = packed(f"kube.var.log.containers.vllm-{n % 2}_ml_vllm-" + "b" * 64 + ".log", batch, n) * 2
-        for receiver in (ref, *fasts):
-            receiver.feed(data)
-            if expire_after:
-                receiver.metrics.expire(clock + 1000)
-        clock += 1000 if expire_after else 0
-    for fast in fasts:
-        assert fast.exposition() == ref.exposition()
+    assert_same_metrics(config, [(packed(f"kube.var.log.containers.vllm-{n % 2}_ml_vllm-" + "b" * 64 + ".log", batch,
+                                         n) * 2, expire_after) for n, (batch, expire_after) in enumerate(messages)])
 
 
 @pytest.mark.parametrize("scan", [False, True], ids=["typed", "scanned"])
