@@ -601,7 +601,10 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*nn", &view, &expected, &max_entries)) return NULL;
     const uint8_t *p = view.buf;
     size_t n = (size_t)view.len, pos = 0;
+    /* The tables are sized for the announced count, but never for more entries than the payload can
+       hold (12 bytes each at least): a message announcing a million entries in a few bytes gets none. */
     Py_ssize_t hint = expected > 0 && expected <= max_entries ? expected : 64;
+    if (hint > (Py_ssize_t)(n / 12) + 1) hint = (Py_ssize_t)(n / 12) + 1;
     Buf measures = {0}, times = {0}, lcodes = {0}, scodes = {0}, records = {0}, spans = {0}, key = {0};
     Buf stamp_seconds = {0};
     Intern labels, stamps, keyed;
