@@ -211,7 +211,7 @@ class Receiver:
         sink = MetricsSink(Normaliser(config.records), self.metrics, self.stats, limits)
         if not sink.scanning and not worker:
             log.warning("the C payload scanner is not in use (%s): PackedForward payloads are read on the "
-                        "pure-Python path, with the same results at about half the speed",
+                        "pure-Python path, with the same results at about 60 %% of the speed",
                         f"{DISABLE_ENV} is set" if os.environ.get(DISABLE_ENV) else
                         "not built: reinstall with a C compiler and the Python headers present")
         counted: list[Callable[[Message], None]] = [sink]

@@ -215,7 +215,7 @@ def test_a_receiver_without_the_c_scanner_says_so_at_start(held):
     proc = run(["serve", *LOCAL, "--port", str(held), "--metrics-port", "0"], {"QWEN_FLUENT_NO_SCAN": "1"})
     warnings = warnings_of(proc)
     assert warnings == ["the C payload scanner is not in use (QWEN_FLUENT_NO_SCAN is set): PackedForward payloads "
-                        "are read on the pure-Python path, with the same results at about half the speed"]
+                        "are read on the pure-Python path, with the same results at about 60 % of the speed"]
     # With the scanner (built wherever CI runs), nothing is said about it.
     proc = run(["serve", *LOCAL, "--port", str(held), "--metrics-port", "0"])
     assert "payload scanner" not in proc.stderr
