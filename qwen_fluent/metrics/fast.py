@@ -416,6 +416,7 @@ class FastRequests:
                    r: np.ndarray, b: np.ndarray, v: np.ndarray, ts: np.ndarray, ex: int, width: int) -> None:
         """Each (label set, bucket)'s last request id, as a record-by-record pass would leave it."""
         keys = r * width + b
+        ts = ts[idx]  # r, b and v are the rows with a value (idx); ts is every record's
         # The last occurrence of each key: the first one in the reversed order.
         _, first_rev = np.unique(keys[::-1], return_index=True)
         last = len(keys) - 1 - first_rev

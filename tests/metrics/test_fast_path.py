@@ -372,3 +372,16 @@ def test_the_label_cache_is_bounded_in_bytes_and_counts_stay_the_reference() -> 
     assert 0 < peak <= 64 * 1024
     assert len(fast.metrics.raw_keys) < 40  # it was emptied on the way: 40 pods of ~12 KiB do not fit
     assert fast.exposition() == ref.exposition()
+
+
+def test_an_exemplar_carries_its_own_records_time_when_other_records_lack_the_value() -> None:
+    """Found by hypothesis: the bucket's exemplar is the only record with a duration, which has no stamp
+    and so counts at its entry's time; the record before it (a stamp of its own, no duration) must not
+    lend it its time. The exemplar columns are the rows with a value, the times every record's."""
+    batch = [{"output_tokens": 0, "timestamp": "2025-04-05T10:23:45Z", "request_id": "req-1"},
+             {"total_time_ms": 0, "request_id": "req-0"}]
+    config = MetricsConfig(exemplars=True)
+    assert_same_metrics(config, [(packed("t", batch, 0) * 2, False)])
+    fast = Receiver(config, fast=True, scan=True)
+    fast.feed(packed("t", batch, 0))
+    assert b' # {request_id="req-0"} 0.0 1700000000.0\n' in fast.exposition()[1]
