@@ -43,7 +43,7 @@ from .forward.events import Message
 from .forward.scan import PackedScanner
 from .logsample import LogSampler
 from .metrics import LLMMetrics
-from .metrics.fast import FastRequests
+from .metrics.fast import FastRequests, scanned_undecided, typed_undecided
 from .records import Normaliser
 from .records.events import NO_SOURCE, Outcome, RequestEvent, Unrecognised
 from .records.reasons import INTERNAL_ERROR
@@ -128,13 +128,15 @@ class MetricsSink:
 
     # -- the reference: record by record ---------------------------------------
 
-    def _outcome(self, record: Any, tag: Any) -> Outcome:
+    def _outcome(self, record: Any, tag: Any, quiet: bool = False) -> Outcome:
+        """The normaliser's outcome for ``record``; an unrecognised one is offered to the sampled log unless
+        ``quiet`` (the caller logs it once it counts it)."""
         try:
             outcome = self._normalise(record, tag)
         except Exception:  # noqa: BLE001 - counted as internal_error, logged once; never expected
             self._internal_error()
             outcome = Unrecognised(INTERNAL_ERROR, NO_SOURCE)
-        if type(outcome) is Unrecognised:  # the only cost on the accepted path: this type check
+        if type(outcome) is Unrecognised and not quiet:  # the only cost on the accepted path: this type check
             self._unrecognised(outcome.reason, tag, record)
         return outcome
 
@@ -214,9 +216,13 @@ class MetricsSink:
         # columns the fast path refuses, goes on below as before.
         if self._scanner is not None:
             cols = self._scanner.scan(payload, size, most)
-            if cols is not None and fast.apply_columns(cols, tag, now):
-                self._tally(cols.n, 0)
-                return
+            if cols is not None:
+                if fast.apply_columns(cols, tag, now):
+                    self._tally(cols.n, 0)
+                    return
+                odd = scanned_undecided(cols)
+                if odd and self._scanned_with_others(cols, odd, tag, now):
+                    return
         times: list[Any] = []
         # The common case, a message of request logs only: one typed pass over the whole payload,
         # with the lean record when every key is one it knows (a third faster), else the full one.
@@ -228,21 +234,29 @@ class MetricsSink:
         if whole and max(map(len, map(_kubernetes, whole))) > MAX_TYPED_KUBERNETES:
             self._general(message, now)  # a huge kubernetes map would become a cache key: not on this path
             return
+        odd: list[int] = []
         if whole is not None:
             self._stamp_entries(whole, times)
             if fast.apply(whole, tag, now):
                 self._tally(len(whole), 0)
                 return
+            odd = typed_undecided(whole)
         raws = split_packed(payload, size, most, msgspec.Raw, times)
         if raws is None:
             self._general(message, now)
             return
-        if whole is not None:  # all typed, but the columns refused it
+        if whole is not None and not odd:  # all typed requests, but the columns refused it (a cap in reach)
             self._ordered(raws, whole, {}, tag, now, times)
             return
-        # Some records are not request logs: those the typed decoder refuses are decoded and
-        # normalised the general way. Everything that can raise runs before anything is counted.
-        typed = decode_requests(raws)
+        # Some records are not request logs: those the typed decoder refuses, and those it takes that
+        # carry no usable measurement (a log line's record has only keys the lean record knows), are
+        # decoded and normalised the general way. Everything that can raise runs before anything is counted.
+        if whole is not None:
+            typed = list(whole)
+            for i in odd:
+                typed[i] = None
+        else:
+            typed = decode_requests(raws)
         if max((len(rec.kubernetes) for rec in typed if rec is not None), default=0) > MAX_TYPED_KUBERNETES:
             self._general(message, now)
             return
@@ -253,7 +267,8 @@ class MetricsSink:
             return
         others = {i: self._outcome(self._decode(raws[i]), tag) for i in refused}
         requests = [rec for rec in typed if rec is not None]
-        if not any(type(o) is RequestEvent for o in others.values()) and fast.apply(requests, tag, now, len(others)):
+        if not any(type(o) is RequestEvent for o in others.values()) and fast.apply(requests, tag, now,
+                                                                                    list(others.values())):
             # The other records touch only the log, vLLM and prompt families: their order
             # relative to the requests changes nothing.
             accepted = len(requests)
@@ -262,6 +277,35 @@ class MetricsSink:
             self._tally(accepted, len(typed) - accepted)
             return
         self._ordered(raws, typed, others, tag, now, times)
+
+    def _scanned_with_others(self, cols: Any, odd: list[int], tag: Any, now: float) -> bool:
+        """A scanned payload whose records ``odd`` carry no usable measurement (log lines among request logs):
+        those decided by the normaliser, the rest counted from the columns. ``False`` (nothing counted, nothing
+        logged) where one of them is a request after all (a failed one with only an id and a status: its
+        label set must be admitted in record order) or the columns refuse.
+
+        The other records touch only the log, vLLM and prompt families, so their order relative to the
+        requests changes nothing (as for records the typed decoder refuses, :meth:`_packed`).
+        """
+        bounds = memoryview(cols.records).cast("q")
+        payload = cols.payload
+        decided = []
+        for i in odd:
+            record = self._decode(payload[bounds[2 * i]:bounds[2 * i + 1]])
+            outcome = self._outcome(record, tag, quiet=True)
+            if type(outcome) is RequestEvent:
+                return False
+            decided.append((record, outcome))
+        if not self._fast or not self._fast.apply_columns(cols, tag, now, skip=odd,
+                                                          others=[outcome for _, outcome in decided]):
+            return False
+        accepted = cols.n - len(odd)
+        for record, outcome in decided:
+            if type(outcome) is Unrecognised:
+                self._unrecognised(outcome.reason, tag, record)
+            accepted += self._count(outcome, now)
+        self._tally(accepted, cols.n - accepted)
+        return True
 
     def _ordered(self, raws: list[Any], typed: list[Any], others: dict[int, Outcome], tag: Any, now: float,
                  times: list[Any]) -> None:

@@ -65,6 +65,26 @@ _timestamp = attrgetter("timestamp")
 
 def _request_id(recs: list[Any]) -> Callable[[int], Any]:
     return lambda i: recs[i].request_id
+
+
+def _matrix(recs: list[Any]) -> np.ndarray:
+    """One row of the six measurements per typed record; None becomes NaN (typed: only ints and floats)."""
+    n = len(recs)
+    rows = list(map(_measurements, recs))
+    try:
+        return np.fromiter(chain.from_iterable(rows), np.float64, 6 * n).reshape(n, 6)
+    except TypeError:  # a None among them: the slower converter makes it NaN
+        return np.array(rows, dtype=np.float64).reshape(n, 6)
+
+
+def typed_undecided(recs: list[Any]) -> list[int]:
+    """:func:`undecided` of typed records."""
+    return undecided(_matrix(recs)) if recs else []
+
+
+def scanned_undecided(cols: ScannedPayload) -> list[int]:
+    """:func:`undecided` of a scanned payload."""
+    return undecided(np.frombuffer(cols.measures, np.float64).reshape(cols.n, len(MEASUREMENTS)))
 #: A cached resolution's rows, one per request group.
 _rows = itemgetter(2)
 #: A record the scanner took, read for its label set (the first record of a label combination not cached).
@@ -83,6 +103,24 @@ def _tokens(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore"):
         ok = (values >= 0) & (values <= MAX_TOKENS) & (values == np.floor(values))
     return np.where(ok, values, 0).astype(np.int64), ok
+
+
+def _readings(m: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Each measurement column of ``m`` (n x 6) as (values, usable): input and output tokens, total, queue
+    and inference seconds, GPU bytes."""
+    with np.errstate(invalid="ignore", over="ignore"):  # inf * MiB is inf, past the bound: unusable, as it should
+        gpu = m[:, 5] * MIB
+        gpu_ok = (m[:, 5] >= 0) & (gpu <= MAX_GPU_MEMORY_BYTES)
+    return _tokens(m[:, 0]), _tokens(m[:, 1]), _ms(m[:, 2]), _ms(m[:, 3]), _ms(m[:, 4]), (gpu, gpu_ok)
+
+
+def undecided(m: np.ndarray) -> list[int]:
+    """The rows of ``m`` (n x 6 measurements) with no usable measurement: the normaliser decides those
+    records on their id and status, or reads them as something else (a log line, a vLLM stats line)."""
+    usable = np.zeros(len(m), bool)
+    for _, ok in _readings(m):
+        usable |= ok
+    return np.flatnonzero(~usable).tolist()
 
 
 def _flat_view(counts: np.ndarray) -> np.ndarray:
@@ -176,23 +214,18 @@ class FastRequests:
 
     # -- a whole message --------------------------------------------------------
 
-    def apply(self, recs: list[Any], tag: Any, now: float, others: int = 0) -> bool:
+    def apply(self, recs: list[Any], tag: Any, now: float, others: int | list[Any] = 0) -> bool:
         """Count every record of ``recs``; ``False`` (nothing changed) where it must go record by record.
 
-        ``others`` is how many records of the message go the general way
-        after these (they may admit log, vLLM or prompt label sets).
+        ``others``: the message's records that go the general way after these (they may admit log,
+        vLLM or prompt label sets), as their outcomes, or as a number (each then assumed to bring new
+        values for every label name: :meth:`LLMMetrics.has_room`).
         """
         n = len(recs)
         if n == 0:
             return True
         codes, hits, keys, firsts = self._distinct(recs, tag)
-
-        # One row of the six measurements per record; None becomes NaN (typed: only ints and floats).
-        rows = list(map(_measurements, recs))
-        try:
-            m = np.fromiter(chain.from_iterable(rows), np.float64, 6 * n).reshape(n, 6)
-        except TypeError:  # a None among them: the slower converter makes it NaN
-            m = np.array(rows, dtype=np.float64).reshape(n, 6)
+        m = _matrix(recs)
 
         def stamps() -> np.ndarray:
             # One parse per distinct value; a record without one takes the message's time.
@@ -205,10 +238,16 @@ class FastRequests:
         return self._count(n, m, codes, hits, keys, firsts, stamps, recs.__getitem__, _request_id(recs), tag, now,
                            others)
 
-    def apply_columns(self, cols: ScannedPayload, tag: Any, now: float) -> bool:
+    def apply_columns(self, cols: ScannedPayload, tag: Any, now: float, skip: list[int] | None = None,
+                      others: list[Any] | None = None) -> bool:
         """:meth:`apply` for a payload the scanner read (``qwen_fluent.forward.scan``): the same counts, from
         its columns; a record is decoded only where one is read whole (the first of a label combination
         not cached, an exemplar's request id). ``False`` (nothing changed): read the payload otherwise.
+
+        ``skip``: records (indices, ascending) the caller takes the general way instead (log lines among
+        request logs: :func:`scanned_undecided`); the others are counted as if the message held only them,
+        label combinations admitted in the order of their first counted record, with room kept for
+        ``others``, those records' outcomes (or, without them, ``len(skip)`` records of any family).
 
         A scanned record holds only keys :data:`LeanRequestRecord` takes, with the types it takes, so the
         columns are those :meth:`apply` would build of the decoded records: the measurements as float64
@@ -270,27 +309,49 @@ class FastRequests:
                 ts[i] = now if when is None else when
             return ts
 
+        firsts = cols.label_firsts
+        room: int | list[Any] = 0
+        if skip:
+            # Only the kept rows: their codes renumbered in the order each combination first appears
+            # among them, each row read back through ``index`` (kept row -> record).
+            keep = np.ones(n, bool)
+            keep[skip] = False
+            index = np.flatnonzero(keep)
+            kept_codes = codes[index]
+            present, first_row = np.unique(kept_codes, return_index=True)
+            order = np.argsort(first_row, kind="stable")
+            present, first_row = present[order], first_row[order]
+            renumber = np.empty(len(keys), np.intp)
+            renumber[present] = np.arange(len(present))
+            codes = renumber[kept_codes]
+            keys = [keys[c] for c in present.tolist()]
+            hits = [hits[c] for c in present.tolist()]
+            firsts = index[first_row].tolist()  # record indices: record() reads them as they are
+            m = m[index]
+            n, room = len(index), (others if others is not None else len(skip))
+            whole_request_id, whole_stamps = request_id, stamps
+
+            def request_id(i: int) -> Any:
+                return whole_request_id(int(index[i]))
+
+            def stamps() -> np.ndarray:
+                return whole_stamps()[index]
+
         try:
-            return self._count(n, m, codes, hits, keys, cols.label_firsts, stamps, record, request_id, tag, now, 0)
+            return self._count(n, m, codes, hits, keys, firsts, stamps, record, request_id, tag, now, room)
         except (msgspec.ValidationError, msgspec.DecodeError):
             return False  # a record the lean decoder refuses after all (not expected): nothing was changed
 
     def _count(self, n: int, m: np.ndarray, codes: np.ndarray, hits: list[Any], keys: list[Any], firsts: list[int],
                stamps: Callable[[], np.ndarray], record: Callable[[int], Any], request_id: Callable[[int], Any],
-               tag: Any, now: float, others: int) -> bool:
+               tag: Any, now: float, others: int | list[Any]) -> bool:
         """Count a message from its columns: ``m`` (n x 6 measurements), ``codes`` (each record's label
         combination), per combination its cached resolution (``hits``, ``None`` if not cached), cache key
         and first record; ``stamps()`` each record's time; ``record(i)`` and ``request_id(i)`` read one
         record. ``False`` (nothing changed) where it must go record by record."""
         metrics = self.metrics
-        itok, itok_ok = _tokens(m[:, 0])
-        otok, otok_ok = _tokens(m[:, 1])
-        total, total_ok = _ms(m[:, 2])
-        queue, queue_ok = _ms(m[:, 3])
-        inference, inference_ok = _ms(m[:, 4])
-        with np.errstate(invalid="ignore"):
-            gpu = m[:, 5] * MIB
-            gpu_ok = (m[:, 5] >= 0) & (gpu <= MAX_GPU_MEMORY_BYTES)
+        ((itok, itok_ok), (otok, otok_ok), (total, total_ok), (queue, queue_ok), (inference, inference_ok),
+         (gpu, gpu_ok)) = _readings(m)
         if not (itok_ok | otok_ok | total_ok | queue_ok | inference_ok | gpu_ok).all():
             return False  # the normaliser decides such a record on its id and status, or looks further
         if None in hits and not self._admit(record, tag, keys, firsts, hits, others):
@@ -394,7 +455,7 @@ class FastRequests:
         return codes, list(map(cache.get, keys)), keys, firsts
 
     def _admit(self, record: Callable[[int], Any], tag: Any, keys: list[tuple[Any, ...]], firsts: list[int],
-               hits: list[Any], others: int) -> bool:
+               hits: list[Any], others: int | list[Any]) -> bool:
         """Admit the label sets of raw label tuples not seen yet, in record order, where no cap can
         make that order matter; fill ``hits``. ``False`` (nothing admitted): go record by record."""
         metrics = self.metrics

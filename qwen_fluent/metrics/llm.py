@@ -331,26 +331,55 @@ class LLMMetrics(SnapshotCollector):
             overflow[name] = before.get(name, 0)
         return tuple(series), folds
 
-    def has_room(self, events: list[RequestEvent], others: int = 0) -> bool:
+    def other_key(self, outcome: Any) -> tuple[dict[Any, Any], tuple[str, ...], tuple[Any, ...]] | None:
+        """The store, label names and raw key :meth:`observe` files a log, vLLM or prompt outcome under
+        (``None`` for anything else)."""
+        kind = type(outcome)
+        if kind is LogEvent:
+            return self._logs, self._log_names, (outcome.level,) + self._src_key(outcome.source)
+        if kind is EngineStats:
+            return self._engines, self._engine_names, self._engine_key(outcome) + self._src_key(outcome.source)
+        if kind is PromptChange:
+            return self._prompts, self._pod_names, self._model_key(outcome.model) + self._src_key(outcome.source)
+        return None
+
+    def has_room(self, events: list[RequestEvent], others: int | list[Any] = 0) -> bool:
         """Whether the label sets of ``events`` can be admitted, in any order, with no cap folding any,
-        even if ``others`` more records (of any family) each bring a new label set with new values.
+        together with ``others``: a number of records of any family, each assumed to bring a new label
+        set with new values for every label name, or those records' outcomes (log, vLLM, prompt), whose
+        own label values are then counted instead.
 
         Then the order in which they are admitted changes nothing (length
         and type folds do not depend on it), and the fast path may admit a
         message's new label sets before counting it column by column.
         """
-        stores = [g.store for g in self.groups] + [self._logs, self._engines, self._prompts]
-        if any(len(store) + len(events) + others >= self._max_series for store in stores):
-            return False
         space, config = self._space, self.config
         new: dict[str, set[Any]] = {}
+        count = others if isinstance(others, int) else 0
+        extra: dict[int, int] = {id(g.store): len(events) for g in self.groups}
+        if not isinstance(others, int):
+            keys: dict[int, set[Any]] = {}
+            for outcome in others:
+                found = self.other_key(outcome)
+                if found is None:
+                    continue
+                store, names, key = found
+                if key not in store:
+                    keys.setdefault(id(store), set()).add(key)
+                for name, value in zip(names, key):
+                    if not space.is_live(name, value):
+                        new.setdefault(name, set()).add(value)
+            extra.update((store, len(added)) for store, added in keys.items())
+        stores = [g.store for g in self.groups] + [self._logs, self._engines, self._prompts]
+        if any(len(store) + extra.get(id(store), 0) + count >= self._max_series for store in stores):
+            return False
         for group in self.groups:
             for event in events:
                 for name, value in zip(group.names, group.key(event)):
                     if not space.is_live(name, value):
                         new.setdefault(name, set()).add(value)
         names = {n for g in self.groups for n in g.names} | set(self._log_names) | set(self._engine_names)
-        return all(space.live_count(name) + len(new.get(name, ())) + others < config.limit_for(name)
+        return all(space.live_count(name) + len(new.get(name, ())) + count < config.limit_for(name)
                    for name in names)
 
     # -- the slow path: a label tuple not seen before -------------------------

@@ -105,13 +105,15 @@ def request_records(draw: Any) -> dict[Any, Any]:
     return record
 
 
+#: Log lines a server writes beside its request logs: vLLM's stats line, TGI's request line, plain ones.
+other_lines = [
+    "INFO 04-05 10:23:47 [loggers.py:116] Engine 000: Avg prompt throughput: 1.0 tokens/s, Running: 1 reqs, "
+    "GPU KV cache usage: 9.9%, Prefix cache hit rate: 10.0%",
+    'INFO generate{total_time="1.2s" inference_time="1s" time_per_token="5ms"}: router: Success',
+    "WARNING something slow", "plain text", '{"input_tokens": 12, "total_time_ms": 40}',
+]
 other_records = st.one_of(
-    st.builds(lambda line, pod: {"log": line, "kubernetes": pod}, st.sampled_from([
-        "INFO 04-05 10:23:47 [loggers.py:116] Engine 000: Avg prompt throughput: 1.0 tokens/s, Running: 1 reqs, "
-        "GPU KV cache usage: 9.9%, Prefix cache hit rate: 10.0%",
-        'INFO generate{total_time="1.2s" inference_time="1s" time_per_token="5ms"}: router: Success',
-        "WARNING something slow", "plain text", '{"input_tokens": 12, "total_time_ms": 40}']),
-        st.sampled_from(PODS)),
+    st.builds(lambda line, pod: {"log": line, "kubernetes": pod}, st.sampled_from(other_lines), st.sampled_from(PODS)),
     st.just({}),
     st.just({"level": "error"}),
     st.just({"system_prompt": "be brief"}),
@@ -385,3 +387,27 @@ def test_an_exemplar_carries_its_own_records_time_when_other_records_lack_the_va
     fast = Receiver(config, fast=True, scan=True)
     fast.feed(packed("t", batch, 0))
     assert b' # {request_id="req-0"} 0.0 1700000000.0\n' in fast.exposition()[1]
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["typed", "scanned"])
+def test_log_lines_among_request_logs_leave_the_requests_to_the_columns(scan: bool) -> None:
+    """A server writes warnings between its request lines, and vLLM its stats lines: a chunk of a pod's log
+    holds both. Those records are decided by the normaliser; the requests are still counted by columns
+    (one refused try, then counted, per message), never record by record, and as the reference counts."""
+    pod = PODS[0]
+    batch: list[Any] = []
+    for i in range(1, 300):
+        batch.append({"input_tokens": i, "total_time_ms": 10 * i, "status": ("success", "error")[i % 2],
+                      "request_id": f"r{i}", "kubernetes": pod})
+        if i % 50 == 0:
+            batch.append({"log": "WARNING 12-01 10:00:00 slow request", "stream": "stderr", "kubernetes": pod})
+    batch.append({"log": other_lines[0], "kubernetes": pod})  # a vLLM stats line
+    batch.append({"level": "error", "message": "CUDA out of memory", "kubernetes": pod})
+    config = MetricsConfig(exemplars=True)
+    data = packed("t", batch, 0) * 3
+    seen, receiver = _apply_calls(config, data, scan)
+    assert seen == [False, True] * 3
+    reference = Receiver(config, fast=False)
+    reference.feed(data)
+    assert receiver.exposition() == reference.exposition()
+    assert receiver.stats.records["accepted"] == 3 * len(batch)
