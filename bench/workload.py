@@ -130,6 +130,8 @@ class Stream:
     messages: list[bytes] = dataclasses.field(default_factory=list)
     chunks: list[str] = dataclasses.field(default_factory=list)
     records: int = 0
+    #: Of ``records``, the request logs (the rest are log lines: ``build(log_every=...)``).
+    requests: int = 0
 
     @property
     def size(self) -> int:
@@ -139,7 +141,7 @@ class Stream:
     def name(self) -> str:
         return f"{self.workload}/{self.mode}"
 
-    def add(self, tag: str, payload: bytes, entries: int, compressed: bool) -> None:
+    def add(self, tag: str, payload: bytes, entries: int, compressed: bool, requests: int | None = None) -> None:
         body = gzip.compress(payload, GZIP_LEVEL) if compressed else payload
         chunk = chunk_id(body)
         options: dict = {"chunk": chunk, "size": entries}
@@ -148,6 +150,7 @@ class Stream:
         self.messages.append(msgpack.packb([tag, body, options]))
         self.chunks.append(chunk)
         self.records += entries
+        self.requests += entries if requests is None else requests
 
 
 @dataclasses.dataclass
@@ -172,8 +175,13 @@ def record_stamp(i: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
 
 
+#: What ``build(log_every=N)`` puts between request logs: a server's warning on stderr, which the
+#: normaliser reads as a log line (``qwen_log_messages_total{level="warning"}``).
+LOG_LINE = "WARNING 04-05 10:23:45 engine.py:512] queue is long: 40 requests waiting"
+
+
 def build(records: int, per_message: int = 1000, pod_count: int = 20, seed: int = 7,
-          stamps: str = "shared") -> Workloads:
+          stamps: str = "shared", log_every: int = 0) -> Workloads:
     """Build all streams from one seeded sequence of request records.
 
     Message ``k`` holds records ``k * per_message ...``; in the kubernetes
@@ -181,7 +189,11 @@ def build(records: int, per_message: int = 1000, pod_count: int = 20, seed: int 
     JSON lines carry exactly the same request fields in the same order.
     ``stamps``: ``"shared"`` (every record the article's one ``timestamp``
     string, so a message has one distinct stamp) or ``"per-record"`` (each
-    record its own, a millisecond apart: :func:`record_stamp`).
+    record its own, a millisecond apart: :func:`record_stamp`). ``log_every``:
+    in the kubernetes workload, a log line (:data:`LOG_LINE`, Fluent Bit's
+    envelope on stderr) after every ``log_every`` request logs of a message,
+    as a server writes warnings between its request lines (0: none). Those
+    are extra records: ``Stream.records`` counts them, ``Stream.requests`` not.
     """
     if records < 1 or per_message < 1 or pod_count < 1:
         raise ValueError("records, per_message and pods must be >= 1")
@@ -209,9 +221,13 @@ def build(records: int, per_message: int = 1000, pod_count: int = 20, seed: int 
             runtime_time = f"2025-04-05T10:{23 + seconds // 60 % 37:02d}:{seconds % 60:02d}.{ns:09d}Z"
             kube = {"time": runtime_time, "stream": "stdout", "_p": "F", **fields, "kubernetes": pod.kubernetes}
             kube_entries.append(packer.pack([t, kube]))
+            if log_every and (i - start) % log_every == log_every - 1:
+                line = {"time": runtime_time, "stream": "stderr", "_p": "F", "log": LOG_LINE,
+                        "kubernetes": pod.kubernetes}
+                kube_entries.append(packer.pack([t, line]))
         flat_payload = b"".join(flat_entries)
         kube_payload = b"".join(kube_entries)
         for mode, compressed in ((PACKED, False), (COMPRESSED, True)):
             streams[(FLAT, mode)].add(FLAT_TAG, flat_payload, n, compressed)
-            streams[(KUBERNETES, mode)].add(pod.tag, kube_payload, n, compressed)
+            streams[(KUBERNETES, mode)].add(pod.tag, kube_payload, len(kube_entries), compressed, requests=n)
     return Workloads(records, per_message, pod_count, streams, b"\n".join(lines) + b"\n")

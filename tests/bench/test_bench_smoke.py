@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import io
 import json
 import re
 import subprocess
@@ -143,3 +144,19 @@ def test_per_record_stamps_give_each_record_its_own_time_and_change_nothing_else
     assert len({r["timestamp"] for r in own_lines}) == 1500
     for a, b in zip(shared_lines, own_lines):
         assert {k: v for k, v in a.items() if k != "timestamp"} == {k: v for k, v in b.items() if k != "timestamp"}
+
+
+def test_log_lines_go_between_the_kubernetes_request_logs_and_are_counted_apart():
+    """``--log-every N``: a warning line after every N request logs of a kubernetes message (a server's
+    stderr between its request lines); the streams count them as records, not as requests."""
+    workload = _load("workload")
+    work = workload.build(records=300, per_message=100, pod_count=2, seed=5, log_every=40)
+    kube = work.streams[(workload.KUBERNETES, workload.PACKED)]
+    assert (kube.records, kube.requests) == (300 + 3 * 2, 300)  # 2 lines in each 100-record message
+    flat = work.streams[(workload.FLAT, workload.PACKED)]
+    assert (flat.records, flat.requests) == (300, 300)
+    tag, payload, options = msgpack.unpackb(kube.messages[0])
+    records = [record for _, record in msgpack.Unpacker(io.BytesIO(payload), raw=False)]
+    assert options["size"] == len(records) == 102
+    lines = [i for i, record in enumerate(records) if "log" in record]
+    assert lines == [40, 81] and records[40]["log"] == workload.LOG_LINE and records[40]["stream"] == "stderr"
