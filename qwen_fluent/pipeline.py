@@ -22,8 +22,11 @@ of which the request logs decode into typed structs
 (:mod:`qwen_fluent.records.typed`); the message is counted column by column
 (:mod:`qwen_fluent.metrics.fast`), and the records the typed decoder refuses
 are decoded and normalised the general way.
-Where the columnar order could change a result, the message goes record by
-record instead. ``tests/metrics/test_fast_path.py`` checks that both paths
+Records with no usable measurement among them (a server's warning lines,
+vLLM's stats lines) are decided by the general normaliser first, and when
+none of them is a request the others are still counted by columns. Where the
+columnar order could change a result, the message goes record by record
+instead. ``tests/metrics/test_fast_path.py`` checks that both paths
 give the same samples.
 """
 
