@@ -623,7 +623,8 @@ def main() -> int:
             new = intakes["main" if key == main_key else key]
             print(f"  {'qwen-fluent ' + '/'.join(key):<44} {old.rate:12,.0f} {new.rate:12,.0f} "
                   f"{new.rate / old.rate:5.2f}x {old.cpu_us:13.2f} {new.cpu_us:12.2f} "
-                  f"{old.cpu_us / exporter.cpu_us:>24.2f} -> {new.cpu_us / exporter.cpu_us:.2f}"
+                  + (f"{old.cpu_us / exporter.cpu_us:>24.2f} -> {new.cpu_us / exporter.cpu_us:.2f}"
+                     if exporter.cpu_us > 0 else f"{'n/a':>24}")
                   + ("" if old.counts_ok else "   baseline counts WRONG"))
 
     main_run, scraped = intakes["main"], intakes["scraped"]
