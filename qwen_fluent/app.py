@@ -333,15 +333,18 @@ class Receiver:
 async def run(config: AppConfig, stop: asyncio.Event | None = None) -> int:
     """Run until SIGTERM/SIGINT (or ``stop`` is set). Returns the process exit code."""
     receiver = Receiver(config)
-    await receiver.start()
-    tune_gc()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before start(): /metrics and the listeners answer from inside it, so a SIGTERM sent as soon as they
+    # do (Kubernetes, a test) must already stop the receiver the graceful way (acks, last checkpoint),
+    # not kill it by the default action. One that comes during start-up stops it right after.
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
             pass
+    await receiver.start()
+    tune_gc()
     waits = [asyncio.ensure_future(stop.wait())]
     if receiver.stdin is not None and not config.stdin.linger:
         waits.append(asyncio.ensure_future(receiver.stdin.finished.wait()))  # serve --stdin ends with its input

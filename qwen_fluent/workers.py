@@ -69,11 +69,11 @@ def _worker_main(config: AppConfig, index: int, conn: Connection) -> None:
 
 async def _serve_worker(config: AppConfig, conn: Connection) -> None:
     receiver = Receiver(config, worker=True)
-    await receiver.start()
-    tune_gc()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)  # before the listener opens, as app.run does
+    await receiver.start()
+    tune_gc()
 
     def answer() -> None:
         """The parent's requests, on a thread: a snapshot copies under the metrics lock, briefly."""

@@ -241,3 +241,21 @@ def test_empty_input(linger: bool) -> None:
         proc.send_signal(signal.SIGTERM)
     err = finish(proc)
     assert proc.returncode == 0, err
+
+
+def test_sigterm_as_soon_as_metrics_answer_stops_gracefully() -> None:
+    """SIGTERM the moment the process says it serves /metrics (Kubernetes may send it then): the signal
+    handler is already in place, so the receiver stops the graceful way and exits 0, never by the signal's
+    default action (-15: the handler was once installed only after start-up; CI caught the race)."""
+    proc, _ = serve("--linger")
+    try:
+        for line in proc.stderr:
+            if b"serving /metrics" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        err = finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped" in err
